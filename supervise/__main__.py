@@ -1,0 +1,5 @@
+import sys
+
+from supervise.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Command line: ``supervise [run] [options] SERVICE``.
+
+Bad input prints one line, ``supervise: error: ...``, and exits 2; see the README's exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from supervise import config, hosted, logs, master
+from supervise.config import ConfigError
+from supervise.systemd import Notifier
+
+SUBCOMMANDS = ("run",)
+
+LOG = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is one line."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage and the error; an operator needs only the error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="supervise",
+        description="A pre-fork supervisor for Python RPC services.",
+        epilog="'run' is implied when the first word is not a subcommand.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="start a master and its workers (the default)")
+    run.add_argument(
+        "service",
+        metavar="SERVICE",
+        help="a registered service name or module:Class",
+    )
+    run.add_argument(
+        "--config-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="INI config file; repeat for more, later ones win",
+    )
+    for option in config.settable_fields():
+        if option.metadata.get("flag") == "store_true":
+            run.add_argument(
+                _flag(option.name),
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=option.metadata["help"],
+            )
+        else:
+            run.add_argument(
+                _flag(option.name),
+                default=argparse.SUPPRESS,
+                metavar=option.name.upper(),
+                help=option.metadata["help"],
+            )
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("supervise")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _with_implied_run(argv: Sequence[str]) -> list[str]:
+    argv = list(argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")
+    return argv
+
+
+def _parse_flags(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The options given as flags, parsed with the same rules as files and environment."""
+    flags: dict[str, Any] = {}
+    for option in config.settable_fields():
+        if hasattr(namespace, option.name):
+            value = getattr(namespace, option.name)
+            flags[option.name] = (
+                value
+                if isinstance(value, bool)
+                else config.parse(option.name, value, _flag(option.name))
+            )
+    return flags
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        namespace = build_parser().parse_args(_with_implied_run(argv))
+        if namespace.command is None:
+            raise UsageError("missing SERVICE (see supervise --help)")
+        return _run(namespace)
+    except (UsageError, ConfigError, hosted.ServiceNotFound) as error:
+        print(f"supervise: error: {error}", file=sys.stderr)
+        return master.EXIT_USAGE
+    except KeyboardInterrupt:
+        return master.EXIT_ERROR
+
+
+def _run(namespace: argparse.Namespace) -> int:
+    flags = _parse_flags(namespace)
+    load_config = functools.partial(config.load, flags, namespace.config_file)
+    conf = load_config()
+    service = hosted.resolve(namespace.service)
+    try:
+        logs.setup(conf.log_level, conf.log_file)
+    except OSError as error:
+        raise ConfigError(f"cannot open log file {conf.log_file}: {error.strerror}") from None
+    notifier = Notifier.from_environment()
+    supervisor = master.Master(conf, service, load_config, notifier)
+    try:
+        return supervisor.run()
+    except Exception:
+        LOG.exception("the master failed")
+        return master.EXIT_ERROR

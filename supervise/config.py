@@ -1,0 +1,217 @@
+"""Options: defaults, config files, environment and flags, merged and validated.
+
+Precedence, lowest first: built-in defaults, INI config files (in the order given),
+``SUPERVISE_<OPTION>`` environment variables, command-line flags. Config files use
+nova.conf option names; supervise reads ``[DEFAULT]`` (ignoring the many options that
+belong to the hosted service) and ``[supervise]`` (where an unknown name is an error).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import math
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervise.cgroup import available_cpus
+
+ENV_PREFIX = "SUPERVISE_"
+SECTION = "supervise"
+
+
+class ConfigError(Exception):
+    """Bad configuration; its message is one line meant for an operator."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}")
+    return level
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _option(default: Any, parse: Callable[[str], Any], help: str, **kwargs: Any) -> Any:
+    """A Config field: `parse` turns the text of a file, variable or flag into its value."""
+    if callable(default):
+        return field(default_factory=default, metadata={"parse": parse, "help": help, **kwargs})
+    return field(default=default, metadata={"parse": parse, "help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every option of the master and its workers. Build it with `load`."""
+
+    workers: int = _option(
+        available_cpus, _positive_int, "worker processes (default: CPUs this process may use)"
+    )
+    host: str = _option(socket.gethostname, _text, "host name the services register under")
+    graceful_shutdown_timeout: float = _option(
+        60.0, _positive_float, "seconds a drain may take before the rest are killed"
+    )
+    reload_method: str = _option(
+        "rolling", _choice("rolling", "mutate"), "how SIGHUP reloads: rolling or mutate"
+    )
+    reload_batch: int = _option(1, _positive_int, "workers replaced at a time in a rolling reload")
+    worker_ready_timeout: float = _option(
+        60.0, _positive_float, "seconds a new worker may take to report ready"
+    )
+    preload: bool = _option(
+        False, _boolean, "import the service in the master before forking", flag="store_true"
+    )
+    max_restarts: int = _option(
+        5, _non_negative_int, "unexpected exits of one slot tolerated within restart_window"
+    )
+    restart_window: float = _option(60.0, _positive_float, "seconds over which restarts count")
+    restart_backoff: float = _option(
+        0.1, _positive_float, "first respawn delay of a crash loop; doubles per crash"
+    )
+    restart_backoff_max: float = _option(30.0, _positive_float, "longest respawn delay")
+    healthy_uptime: float = _option(
+        10.0, _positive_float, "uptime after which a worker's crash no longer counts as a loop"
+    )
+    heartbeat_interval: float = _option(
+        5.0, _positive_float, "seconds between a worker's heartbeats to the master"
+    )
+    log_level: str = _option("INFO", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    log_file: str | None = _option(None, _text, "append logs to this file instead of stderr")
+    config_file: tuple[str, ...] = field(default=(), metadata={"help": "INI config file"})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "config_file": list(self.config_file)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Config:
+        return cls(**{**data, "config_file": tuple(data["config_file"])})
+
+
+def settable_fields() -> list[dataclasses.Field]:
+    """Options an operator sets by name (all but the list of config files)."""
+    return [f for f in dataclasses.fields(Config) if "parse" in f.metadata]
+
+
+_BY_NAME = {f.name: f for f in settable_fields()}
+
+
+def parse(name: str, text: str, origin: str) -> Any:
+    try:
+        return _BY_NAME[name].metadata["parse"](text)
+    except ValueError as error:
+        raise ConfigError(f"{origin}: {name}: {error}") from None
+
+
+def read_config_files(paths: Iterable[str]) -> dict[str, Any]:
+    """Values from the INI files, later files overriding earlier ones."""
+    values: dict[str, Any] = {}
+    for path in paths:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                parser.read_file(stream)
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except (configparser.Error, UnicodeDecodeError) as error:
+            first_line = str(error).splitlines()[0]
+            raise ConfigError(f"cannot parse config file {path}: {first_line}") from None
+        for name, text in parser.defaults().items():
+            if name in _BY_NAME:
+                values[name] = parse(name, text, path)
+        if parser.has_section(SECTION):
+            for name in parser.options(SECTION):
+                if name not in _BY_NAME:
+                    raise ConfigError(f"{path}: [{SECTION}] has an unknown option {name!r}")
+                values[name] = parse(name, parser.get(SECTION, name), path)
+    return values
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, text in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG_FILE":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in _BY_NAME:
+            raise ConfigError(f"unknown option in the environment: {key}")
+        values[name] = parse(name, text, key)
+    return values
+
+
+def config_files_from(environ: Mapping[str, str], flag_files: Iterable[str]) -> tuple[str, ...]:
+    """Config files: those named by flags, else a colon-separated SUPERVISE_CONFIG_FILE."""
+    files = tuple(flag_files)
+    if files:
+        return files
+    from_env = environ.get(ENV_PREFIX + "CONFIG_FILE", "")
+    return tuple(path for path in from_env.split(":") if path)
+
+
+def load(
+    flags: Mapping[str, Any],
+    config_files: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge every source into a Config. `flags` holds only the options given on the command
+    line, already parsed. Raises ConfigError with a one-line message."""
+    environ = os.environ if environ is None else environ
+    files = config_files_from(environ, config_files)
+    values = read_config_files(files)
+    values.update(read_environment(environ))
+    values.update(flags)
+    return Config(**values, config_file=files)

@@ -1,0 +1,59 @@
+"""Logging set-up shared by the master and its workers.
+
+Every line names the process it comes from: ``master pid N`` or
+``worker SLOT/GENERATION pid N``, so one journal of a whole tree stays readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+FORMAT = "%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s"
+
+_role = "master"
+
+
+class _RoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.role = _role
+        return True
+
+
+def set_role(role: str) -> None:
+    """Name this process in every later log line, e.g. ``worker 2/1``; the pid is added."""
+    global _role
+    _role = f"{role} pid {os.getpid()}"
+
+
+def _make_handler(log_file: str | None) -> logging.Handler:
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(_RoleFilter())
+    return handler
+
+
+def setup(level: str, log_file: str | None) -> None:
+    """Send every log record of this process to stderr or to `log_file`."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(_make_handler(log_file))
+    root.setLevel(level)
+
+
+def reopen() -> None:
+    """Reopen log files (after logrotate moved them away); stderr is left as it is."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(_make_handler(handler.baseFilename))
+
+
+def flush() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()

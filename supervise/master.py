@@ -1,0 +1,619 @@
+"""The master: one single-threaded loop that forks, watches, reloads and drains workers.
+
+Everything that changes the tree happens in `Master.run`'s loop: signal handlers only
+record the signal and wake the loop, worker messages arrive on their channels, children
+are reaped with ``waitpid(-1, WNOHANG)``, and timers (respawn back-off, ready timeouts,
+the drain deadline, the systemd watchdog) are computed from state, so an idle master
+sleeps in ``select`` until something happens. The master never starts a thread and never
+opens a broker or database connection, so forking from it is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import gc
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import setproctitle
+
+from supervise import cgroup, channel, hosted, logs, worker
+from supervise.config import Config, ConfigError
+from supervise.systemd import Notifier
+from supervise.wakeup import Wakeup
+
+LOG = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CRASH_LOOP = 3
+EXIT_UNCLEAN_STOP = 4
+
+FAST_STOP_GRACE = 2.0
+STALE_HEARTBEATS = 3
+
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+)
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"  # draining gracefully
+    QUITTING = "quitting"  # fast stop
+
+
+@dataclass(eq=False)
+class Child:
+    pid: int
+    slot: int
+    generation: int
+    link: socket.socket
+    started: float
+    ready_deadline: float
+    last_heartbeat: float
+    ready: bool = False
+    draining: bool = False  # told to stop: its exit is expected
+    reset_pending: bool = False
+    killed_by_master: str | None = None  # why the master sent SIGKILL, for the exit log line
+
+
+@dataclass(eq=False)
+class Slot:
+    index: int
+    worker: Child | None = None
+    replacement: Child | None = None  # the new generation starting in a rolling reload
+    respawn_at: float | None = None
+    crash_streak: int = 0
+    crash_times: deque[float] = field(default_factory=deque)
+
+
+@dataclass(eq=False)
+class RollingReload:
+    conf: Config
+    generation: int
+    pending: deque[int]  # slots still to replace
+    starting: set[int] = field(default_factory=set)  # slots whose replacement is not ready
+
+
+class Master:
+    def __init__(
+        self,
+        conf: Config,
+        service: hosted.ServiceRef,
+        reload_config: Callable[[], Config],
+        notifier: Notifier,
+    ):
+        self.conf = conf
+        self.service = service
+        self.reload_config = reload_config
+        self.notifier = notifier
+        self.preloaded = hosted.load(service) if conf.preload else None
+        self.phase = Phase.RUNNING
+        self.exit_code = EXIT_OK
+        self.generation = 1
+        self.last_generation = 1
+        self.slots: list[Slot] = []
+        self.children: dict[int, Child] = {}
+        self.reload: RollingReload | None = None
+        self.reload_again = False
+        self.stop_deadline: float | None = None
+        self.ready_announced = False
+        self.ever_ready = False
+        self.status_text = ""
+        self.oom_kills = cgroup.oom_kill_count()
+        self.signals: list[int] = []
+        self.selector = selectors.DefaultSelector()
+        self.wakeup = Wakeup()
+        self.heartbeat_interval = conf.heartbeat_interval
+        if notifier.watchdog_interval:
+            self.heartbeat_interval = min(conf.heartbeat_interval, notifier.watchdog_interval / 2)
+        self.next_watchdog = time.monotonic() if notifier.watchdog_interval else None
+
+    # ----- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        setproctitle.setproctitle(f"supervise: master {self.service.name}")
+        logs.set_role("master")
+        self._install_signal_handlers()
+        LOG.info(
+            "starting %d workers of %s (generation %d)",
+            self.conf.workers,
+            self.service.name,
+            self.generation,
+        )
+        self._resize(self.conf.workers)
+        while self.children or self.phase is Phase.RUNNING:
+            self._wait_for_events()
+            self._reap()
+            self._handle_signals()
+            self._run_due_timers()
+            self._update_status()
+        LOG.info("master exiting with status %d", self.exit_code)
+        return self.exit_code
+
+    def _install_signal_handlers(self) -> None:
+        self.wakeup.catch_signals()
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._record_signal)
+        self.selector.register(self.wakeup.reader, selectors.EVENT_READ, self.wakeup.drain)
+
+    def _record_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.append(signum)
+
+    def _wait_for_events(self) -> None:
+        deadline = self._next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for key, _ in self.selector.select(timeout):
+            key.data()
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [s.respawn_at for s in self.slots if s.respawn_at is not None]
+        deadlines += [c.ready_deadline for c in self.children.values() if self._awaits_ready(c)]
+        if self.stop_deadline is not None:
+            deadlines.append(self.stop_deadline)
+        if self.next_watchdog is not None:
+            deadlines.append(self.next_watchdog)
+        return min(deadlines, default=None)
+
+    @staticmethod
+    def _awaits_ready(child: Child) -> bool:
+        return not child.ready and not child.draining and child.killed_by_master is None
+
+    # ----- signals ----------------------------------------------------------------------
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGCHLD:
+                continue  # reaping happens on every turn of the loop
+            LOG.info("received %s", signal.Signals(signum).name)
+            if signum == signal.SIGTERM:
+                self._begin_stop("SIGTERM")
+            elif signum == signal.SIGINT:
+                if self.phase is Phase.RUNNING:
+                    self._begin_stop("SIGINT")
+                else:
+                    self._fast_stop()
+            elif signum == signal.SIGQUIT:
+                self._fast_stop()
+            elif signum == signal.SIGHUP:
+                self._reload()
+            elif signum == signal.SIGTTIN:
+                self._resize(len(self.slots) + 1)
+            elif signum == signal.SIGTTOU:
+                self._scale_down()
+            elif signum == signal.SIGUSR1:
+                logs.reopen()
+                self._signal_children(signal.SIGUSR1)
+            elif signum == signal.SIGUSR2:
+                self._signal_children(signal.SIGUSR2)
+
+    def _signal_children(self, signum: int) -> None:
+        for pid in self.children:
+            self._kill(pid, signum)
+
+    @staticmethod
+    def _kill(pid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already exited; the loop reaps it
+            os.kill(pid, signum)
+
+    # ----- spawning and slots -----------------------------------------------------------
+
+    def _fork(self, slot: int, generation: int, conf: Config) -> Child:
+        master_end, worker_end = channel.pair()
+        inherited = [
+            self.selector,
+            self.wakeup,
+            master_end,
+            *(c.link for c in self.children.values()),
+        ]
+        spec = worker.WorkerSpec(
+            slot=slot,
+            generation=generation,
+            conf=conf,
+            service=self.service,
+            preloaded=self.preloaded,
+            master_pid=os.getpid(),
+            heartbeat_interval=self.heartbeat_interval,
+        )
+        logs.flush()
+        gc.freeze()  # keep the inherited heap's pages shared: the child's GC won't touch them
+        # Signals stay blocked across fork so none lands between the child's reset of the
+        # master's handlers and the installation of its own; the child unblocks them.
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            worker.run(spec, worker_end, inherited)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        gc.unfreeze()
+        worker_end.close()
+        now = time.monotonic()
+        child = Child(
+            pid=pid,
+            slot=slot,
+            generation=generation,
+            link=master_end,
+            started=now,
+            ready_deadline=now + conf.worker_ready_timeout,
+            last_heartbeat=now,
+        )
+        self.children[pid] = child
+        self.selector.register(master_end, selectors.EVENT_READ, lambda: self._read(child))
+        LOG.info("Started child %d (slot %d, generation %d)", pid, slot, generation)
+        return child
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.respawn_at = None
+        slot.worker = self._fork(slot.index, self.generation, self.conf)
+
+    def _resize(self, count: int) -> None:
+        while len(self.slots) < count:
+            slot = Slot(len(self.slots))
+            self.slots.append(slot)
+            self._spawn(slot)
+        while len(self.slots) > count:
+            slot = self.slots.pop()
+            for child in (slot.worker, slot.replacement):
+                if child is not None:
+                    self._drain(child)
+            if self.reload is not None:
+                self.reload.starting.discard(slot.index)
+        if self.reload is not None and not self.reload.starting and not self.reload.pending:
+            self._finish_reload()
+
+    def _scale_down(self) -> None:
+        if len(self.slots) <= 1:
+            LOG.warning("SIGTTOU ignored: one worker is the fewest")
+            return
+        self._resize(len(self.slots) - 1)
+
+    def _drain(self, child: Child) -> None:
+        """Tell a worker to finish its work and exit; its exit is then expected."""
+        if not child.draining:
+            child.draining = True
+            child.ready = False
+            self._kill(child.pid, signal.SIGTERM)
+
+    def _slot_of(self, child: Child) -> Slot | None:
+        if child.slot < len(self.slots):
+            slot = self.slots[child.slot]
+            if child in (slot.worker, slot.replacement):
+                return slot
+        return None
+
+    # ----- worker messages --------------------------------------------------------------
+
+    def _read(self, child: Child) -> None:
+        messages, gone = channel.receive(child.link)
+        for message in messages:
+            kind = message["type"]
+            if kind == "ready":
+                self._on_ready(child)
+            elif kind == "heartbeat":
+                child.last_heartbeat = time.monotonic()
+            elif kind == "stopping":
+                child.ready = False
+        if gone:
+            self.selector.unregister(child.link)
+            child.link.close()
+
+    def _on_ready(self, child: Child) -> None:
+        child.last_heartbeat = time.monotonic()
+        if child.draining:
+            return
+        child.ready = True
+        child.reset_pending = False
+        self.ever_ready = True
+        slot = self._slot_of(child)
+        if slot is not None and slot.replacement is child:
+            old, slot.worker, slot.replacement = slot.worker, child, None
+            if old is not None:
+                self._drain(old)
+            slot.respawn_at = None
+            self._advance_reload(done=slot.index)
+
+    # ----- reaping ----------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            if child.link.fileno() >= 0:
+                self.selector.unregister(child.link)
+                child.link.close()
+            code = os.waitstatus_to_exitcode(status)
+            self._log_exit(child, code)
+            self._on_exit(child, code)
+
+    def _log_exit(self, child: Child, code: int) -> None:
+        level = logging.INFO if child.draining and code == 0 else logging.WARNING
+        if code >= 0:
+            LOG.log(level, "Child %d exited with status %d", child.pid, code)
+            return
+        cause = ""
+        if child.killed_by_master:
+            cause = f" ({child.killed_by_master})"
+        elif -code == signal.SIGKILL:
+            oom_kills = cgroup.oom_kill_count()
+            if oom_kills is not None and self.oom_kills is not None and oom_kills > self.oom_kills:
+                cause = " (the kernel's OOM killer)"
+            self.oom_kills = oom_kills
+        LOG.log(level, "Child %d killed by signal %d%s", child.pid, -code, cause)
+
+    def _on_exit(self, child: Child, code: int) -> None:
+        slot = self._slot_of(child)
+        if child.draining or slot is None:
+            if self.phase is not Phase.RUNNING and code != 0 and self.exit_code == EXIT_OK:
+                self.exit_code = EXIT_UNCLEAN_STOP
+            return
+        if slot.replacement is child:
+            slot.replacement = None
+            self._abort_reload(f"worker {child.pid} of slot {slot.index} exited before ready")
+            return
+        slot.worker = None
+        if self.phase is not Phase.RUNNING:
+            return
+        if code == worker.EXIT_LOAD_FAILED and not self.ever_ready:
+            LOG.error("service %s cannot be loaded: stopping", self.service.name)
+            self._begin_stop("the service cannot be loaded", EXIT_USAGE)
+            return
+        if child.reset_pending and code == 0:
+            self._spawn(slot)  # it asked to be replaced instead of resetting in place
+            return
+        self._respawn_after_crash(slot, child)
+
+    def _respawn_after_crash(self, slot: Slot, child: Child) -> None:
+        now = time.monotonic()
+        slot.crash_streak = (
+            1 if now - child.started >= self.conf.healthy_uptime else (slot.crash_streak + 1)
+        )
+        slot.crash_times.append(now)
+        while slot.crash_times and slot.crash_times[0] < now - self.conf.restart_window:
+            slot.crash_times.popleft()
+        if len(slot.crash_times) > self.conf.max_restarts:
+            LOG.error(
+                "slot %d: %d unexpected exits within %.0f s (max_restarts %d): giving up",
+                slot.index,
+                len(slot.crash_times),
+                self.conf.restart_window,
+                self.conf.max_restarts,
+            )
+            self._begin_stop("crash loop", EXIT_CRASH_LOOP)
+            return
+        if slot.replacement is not None:
+            return  # a reload is already starting this slot's next worker
+        delay = self._backoff(slot.crash_streak)
+        if delay:
+            LOG.warning(
+                "slot %d: exit %d in a row; respawning in %.2f s",
+                slot.index,
+                slot.crash_streak,
+                delay,
+            )
+        slot.respawn_at = now + delay
+
+    def _backoff(self, streak: int) -> float:
+        """No delay after a healthy worker's first crash, then doubling, with up to 25 %
+        jitter so a host's slots do not respawn in lock step."""
+        if streak <= 1:
+            return 0.0
+        base = self.conf.restart_backoff * 2 ** (streak - 2)
+        return min(self.conf.restart_backoff_max, base * random.uniform(1.0, 1.25))
+
+    # ----- timers -----------------------------------------------------------------------
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        if self.phase is Phase.RUNNING:
+            for slot in self.slots:
+                if slot.respawn_at is not None and slot.respawn_at <= now:
+                    self._spawn(slot)
+        for child in list(self.children.values()):
+            if self._awaits_ready(child) and child.ready_deadline <= now:
+                self._kill_child(child, f"not ready after {self.conf.worker_ready_timeout:g} s")
+        if self.stop_deadline is not None and self.stop_deadline <= now:
+            self.stop_deadline = None
+            self._kill_remaining()
+        if self.next_watchdog is not None and self.next_watchdog <= now:
+            if self._workers_healthy(now):
+                self.notifier.watchdog()
+            self.next_watchdog = now + self.notifier.watchdog_interval
+
+    def _kill_child(self, child: Child, reason: str) -> None:
+        LOG.error("Child %d (slot %d) %s: killing it", child.pid, child.slot, reason)
+        child.killed_by_master = reason
+        self._kill(child.pid, signal.SIGKILL)
+
+    def _kill_remaining(self) -> None:
+        if not self.children:
+            return
+        timeout = (
+            self.conf.graceful_shutdown_timeout if self.phase is Phase.STOPPING else FAST_STOP_GRACE
+        )
+        LOG.error(
+            "%d workers still running %.1f s after the stop began: killing %s",
+            len(self.children),
+            timeout,
+            ", ".join(str(pid) for pid in self.children),
+        )
+        for child in self.children.values():
+            child.killed_by_master = "stop deadline"
+            self._kill(child.pid, signal.SIGKILL)
+
+    def _workers_healthy(self, now: float) -> bool:
+        stale_after = STALE_HEARTBEATS * self.heartbeat_interval
+        return all(now - c.last_heartbeat <= stale_after for c in self.children.values() if c.ready)
+
+    # ----- stopping ---------------------------------------------------------------------
+
+    def _begin_stop(self, reason: str, exit_code: int = EXIT_OK) -> None:
+        if self.exit_code == EXIT_OK:
+            self.exit_code = exit_code
+        if self.phase is not Phase.RUNNING:
+            return
+        self.phase = Phase.STOPPING
+        self.stop_deadline = time.monotonic() + self.conf.graceful_shutdown_timeout
+        self.reload = None
+        LOG.info(
+            "stopping (%s): draining %d workers, at most %.1f s",
+            reason,
+            len(self.children),
+            self.conf.graceful_shutdown_timeout,
+        )
+        self.notifier.stopping(f"stopping: {reason}")
+        for slot in self.slots:
+            slot.respawn_at = None
+        for child in self.children.values():
+            self._drain(child)
+
+    def _fast_stop(self) -> None:
+        if self.phase is Phase.QUITTING:
+            return
+        if self.phase is Phase.RUNNING:
+            self.notifier.stopping("fast stop")
+        self.phase = Phase.QUITTING
+        self.stop_deadline = time.monotonic() + FAST_STOP_GRACE
+        self.reload = None
+        LOG.info("fast stop: %d workers exit without draining", len(self.children))
+        for child in self.children.values():
+            child.draining = True
+            self._kill(child.pid, signal.SIGQUIT)
+
+    # ----- reloading --------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        if self.phase is not Phase.RUNNING:
+            return
+        if self.reload is not None:
+            self.reload_again = True
+            LOG.info("a reload is in progress; another one follows it")
+            return
+        self.notifier.reloading("reloading")
+        self.ready_announced = False
+        try:
+            new_conf = self.reload_config()
+        except ConfigError as error:
+            LOG.error("reload failed, keeping the running configuration: %s", error)
+            return
+        logging.getLogger().setLevel(new_conf.log_level)
+        if new_conf.reload_method == "mutate":
+            self._mutate(new_conf)
+        else:
+            self._start_rolling_reload(new_conf)
+
+    def _mutate(self, new_conf: Config) -> None:
+        self.conf = new_conf
+        LOG.info("reload: each worker resets its service in place")
+        now = time.monotonic()
+        for slot in self.slots:
+            child = slot.worker
+            if child is None or child.draining:
+                continue
+            try:
+                channel.send(child.link, "reset", config=new_conf.to_json())
+            except channel.PeerGone:
+                continue  # it is exiting; the loop reaps and respawns it
+            child.ready = False
+            child.reset_pending = True
+            child.ready_deadline = now + new_conf.worker_ready_timeout
+        self._resize(new_conf.workers)
+
+    def _start_rolling_reload(self, new_conf: Config) -> None:
+        self.last_generation += 1
+        replace = min(len(self.slots), new_conf.workers)
+        self.reload = RollingReload(new_conf, self.last_generation, deque(range(replace)))
+        LOG.info(
+            "reload: replacing %d workers with generation %d, %d at a time",
+            replace,
+            self.last_generation,
+            new_conf.reload_batch,
+        )
+        self._advance_reload()
+
+    def _advance_reload(self, done: int | None = None) -> None:
+        plan = self.reload
+        if plan is None:
+            return
+        plan.starting.discard(done)
+        while plan.pending and len(plan.starting) < plan.conf.reload_batch:
+            index = plan.pending.popleft()
+            if index >= len(self.slots):
+                continue
+            slot = self.slots[index]
+            slot.replacement = self._fork(index, plan.generation, plan.conf)
+            plan.starting.add(index)
+        if not plan.starting and not plan.pending:
+            self._finish_reload()
+
+    def _finish_reload(self) -> None:
+        plan, self.reload = self.reload, None
+        self.conf, self.generation = plan.conf, plan.generation
+        LOG.info("reload: generation %d serves", self.generation)
+        self._resize(self.conf.workers)
+        self._reload_queued()
+
+    def _abort_reload(self, reason: str) -> None:
+        plan, self.reload = self.reload, None
+        LOG.error(
+            "reload to generation %d failed (%s): the running workers keep serving",
+            plan.generation,
+            reason,
+        )
+        for index in plan.starting:
+            slot = self.slots[index]
+            if slot.replacement is not None:
+                self._kill_child(slot.replacement, "its reload was abandoned")
+                slot.replacement.draining = True
+                slot.replacement = None
+            if slot.worker is None and slot.respawn_at is None:
+                slot.respawn_at = time.monotonic()
+        self._reload_queued()
+
+    def _reload_queued(self) -> None:
+        if self.reload_again:
+            self.reload_again = False
+            self._reload()
+
+    # ----- systemd status ---------------------------------------------------------------
+
+    def _update_status(self) -> None:
+        if self.phase is not Phase.RUNNING:
+            return
+        ready = sum(1 for s in self.slots if s.worker is not None and s.worker.ready)
+        text = f"{ready}/{len(self.slots)} workers ready, generation {self.generation}"
+        all_ready = ready == len(self.slots) and self.reload is None
+        if all_ready and not self.ready_announced:
+            self.ready_announced = True
+            self.status_text = text
+            LOG.info("all %d workers ready", ready)
+            self.notifier.ready(text)
+        elif text != self.status_text:
+            self.status_text = text
+            self.notifier.status(text)

@@ -1,0 +1,1 @@
+"""Services that ship with supervise, registered under the ``supervise.services`` entry points."""
