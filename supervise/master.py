@@ -224,6 +224,7 @@ class Master:
         inherited = [
             self.selector,
             self.wakeup,
+            self.notifier,
             master_end,
             *(c.link for c in self.children.values()),
         ]

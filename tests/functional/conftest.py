@@ -1,0 +1,183 @@
+"""Fixtures that run a real `supervise` master as a subprocess and watch what it does.
+
+Every master runs in a session of its own, so cleanup can kill its whole process group,
+workers included, whatever state a failing test left it in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+import pytest
+
+from tests.functional.services import EVENTS_DIR_VARIABLE
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    slot: int
+    generation: int
+    pid: int
+    time: float
+
+
+class NotifyListener:
+    """A real AF_UNIX datagram socket in the abstract namespace, as systemd's would be."""
+
+    def __init__(self) -> None:
+        self.address = f"@supervise-test-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.address[1:])
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def poll(self) -> list[tuple[float, dict[str, str]]]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                data = self.sock.recv(4096).decode()
+                fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+                self.messages.append((time.time(), fields))
+        return self.messages
+
+    def with_key(self, key: str) -> list[tuple[float, dict[str, str]]]:
+        return [(t, m) for t, m in self.poll() if key in m]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Supervisor:
+    def __init__(self, workdir: Path, service: str, args: list[str], env: dict[str, str]):
+        self.workdir = workdir
+        self.notify = NotifyListener()
+        self.log_path = workdir / "supervise.log"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISE_")}
+        environ.update(
+            PYTHONPATH=str(ROOT),
+            NOTIFY_SOCKET=self.notify.address,
+            **{EVENTS_DIR_VARIABLE: str(workdir)},
+            **env,
+        )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "supervise", *args, service],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environ,
+                cwd=workdir,
+                start_new_session=True,
+            )
+        self.pid = self.process.pid
+
+    def behave(self, name: str, value: str = "") -> None:
+        (self.workdir / name).write_text(value)
+
+    def unbehave(self, name: str) -> None:
+        (self.workdir / name).unlink()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        path = self.workdir / "events"
+        if not path.exists():
+            return []
+        events = []
+        for line in path.read_text().splitlines():
+            name, slot, generation, pid, at = line.split()
+            events.append(Event(name, int(slot), int(generation), int(pid), float(at)))
+        return [e for e in events if kind is None or e.kind == kind]
+
+    def worker_pids(self) -> set[int]:
+        """Live worker processes, as the kernel sees them (not as the master says)."""
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return set()
+        alive = set()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    alive.add(child.pid)
+        return alive
+
+    def wait_ready(self, count: int, timeout: float = 15.0) -> set[int]:
+        """Wait for READY=1 and `count` live workers that have finished starting."""
+        wait_until(lambda: self.notify.with_key("READY"), timeout, "READY=1")
+
+        def started_and_alive() -> set[int] | None:
+            alive = self.worker_pids()
+            started = {e.pid for e in self.events("started")} & alive
+            return started if len(alive) == count and len(started) == count else None
+
+        return wait_until(started_and_alive, timeout, f"{count} started workers")
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        return self.process.wait(timeout)
+
+    def group_processes(self) -> list[psutil.Process]:
+        """Every live process left in the master's process group (its workers included)."""
+        found = []
+        for process in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(process.pid) == self.pid and process.status() != "zombie":
+                    found.append(process)
+        return found
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+        self.notify.close()
+
+
+@pytest.fixture
+def supervise(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
+    """Start a master: ``supervise("tests.functional.services:Recorder", "--workers", "4")``."""
+    started: list[Supervisor] = []
+
+    def start(service: str, *args: str, env: dict[str, str] | None = None) -> Supervisor:
+        workdir = tmp_path / f"run{len(started)}"
+        workdir.mkdir()
+        supervisor = Supervisor(workdir, service, list(args), env or {})
+        started.append(supervisor)
+        return supervisor
+
+    yield start
+    for supervisor in started:
+        supervisor.cleanup()
+    for supervisor in started:
+        wait_until(lambda s=supervisor: not s.group_processes(), 10, "no process left behind")

@@ -1,0 +1,99 @@
+"""Services the functional tests run under a real master.
+
+They record what happens to them in an events file (one line per event, appended
+atomically) and take their behaviour from files in the same directory, so a test can
+change how the *next* generation behaves while the master runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+EVENTS_DIR_VARIABLE = "TEST_EVENTS_DIR"
+
+
+def _events_dir() -> Path:
+    return Path(os.environ[EVENTS_DIR_VARIABLE])
+
+
+def record(event: str, slot: int, generation: int) -> None:
+    line = f"{event} {slot} {generation} {os.getpid()} {time.time():.6f}\n"
+    fd = os.open(_events_dir() / "events", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _behaviour(name: str) -> str | None:
+    path = _events_dir() / name
+    return path.read_text().strip() if path.exists() else None
+
+
+class Recorder:
+    """nova-style life cycle: ``Recorder(context)`` then start/stop/wait/reset.
+
+    Behaviour files: ``fail-start`` (start raises), ``start-delay`` (seconds start takes),
+    ``hang-stop`` (stop never returns)."""
+
+    def __init__(self, context):
+        self.slot = context.worker_id
+        self.generation = context.generation
+
+    def start(self) -> None:
+        record("starting", self.slot, self.generation)
+        delay = _behaviour("start-delay")
+        if delay:
+            time.sleep(float(delay))
+        if _behaviour("fail-start") is not None:
+            record("failed", self.slot, self.generation)
+            raise RuntimeError("told to fail by the test")
+        record("started", self.slot, self.generation)
+
+    def stop(self) -> None:
+        record("stopping", self.slot, self.generation)
+        if _behaviour("hang-stop") is not None:
+            threading.Event().wait()
+
+    def wait(self) -> None:
+        record("stopped", self.slot, self.generation)
+
+    def reset(self) -> None:
+        record("reset", self.slot, self.generation)
+
+
+class CotyledonRecorder:
+    """A cotyledon-style service: ``cls(worker_id)``, run() in a thread, terminate()."""
+
+    def __init__(self, worker_id: int):
+        self.worker_id = worker_id
+        self._stopped = threading.Event()
+        record("started", worker_id, 0)
+
+    def run(self) -> None:
+        record("run", self.worker_id, 0)
+        self._stopped.wait()
+
+    def terminate(self) -> None:
+        record("stopping", self.worker_id, 0)
+        self._stopped.set()
+
+    def reload(self) -> None:
+        record("reset", self.worker_id, 0)
+
+
+class CotyledonWithoutReload:
+    """cotyledon-style without reload(): a mutate reload replaces the worker."""
+
+    def __init__(self, worker_id: int):
+        self.worker_id = worker_id
+        record("started", worker_id, 0)
+
+    def run(self) -> None:
+        pass  # returning from run() must not end the worker
+
+    def terminate(self) -> None:
+        record("stopping", self.worker_id, 0)

@@ -1,0 +1,251 @@
+"""The master and its workers as real processes, driven by real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from tests.functional.conftest import Supervisor, wait_until
+
+RECORDER = "tests.functional.services:Recorder"
+FAST = ("--restart-backoff", "0.1", "--heartbeat-interval", "0.5")
+
+
+def slot_of(supervisor: Supervisor, pid: int) -> int:
+    return next(e.slot for e in supervisor.events("started") if e.pid == pid)
+
+
+def test_killed_worker_is_replaced_in_its_slot_and_others_untouched(supervise):
+    sup = supervise(RECORDER, "--workers", "4", *FAST)
+    before = sup.wait_ready(4)
+    victim = min(before)
+    victim_slot = slot_of(sup, victim)
+
+    os.kill(victim, signal.SIGKILL)
+
+    after = wait_until(
+        lambda: (p := sup.worker_pids()) - before and len(p) == 4 and p, what="replacement"
+    )
+    replacement = (after - before).pop()
+    wait_until(lambda: replacement in {e.pid for e in sup.events("started")}, what="started")
+    assert after - {replacement} == before - {victim}
+    assert slot_of(sup, replacement) == victim_slot
+    assert f"Child {victim} killed by signal 9" in sup.log()
+
+
+def test_sigterm_runs_every_stop_and_exits_zero(supervise):
+    sup = supervise(RECORDER, "--workers", "4", *FAST)
+    pids = sup.wait_ready(4)
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert {e.pid for e in sup.events("stopped")} == pids
+    assert [m for _, m in sup.notify.with_key("STOPPING")], "no STOPPING=1"
+    assert not sup.group_processes()
+
+
+def test_second_term_while_draining_is_harmless(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST)
+    sup.wait_ready(2)
+    sup.behave("hang-stop")
+    sup.signal(signal.SIGTERM)
+    wait_until(lambda: len(sup.events("stopping")) == 2, what="both workers stopping")
+    sup.signal(signal.SIGTERM)
+    for pid in sup.worker_pids():
+        os.kill(pid, signal.SIGTERM)  # a TERM straight to a draining worker, too
+    time.sleep(0.3)  # give a wrongly handled TERM the time to do damage
+    assert sup.process.poll() is None
+    assert len(sup.worker_pids()) == 2
+
+
+def test_hanging_stop_is_killed_at_the_deadline_with_no_orphan(supervise):
+    sup = supervise(RECORDER, "--workers", "3", "--graceful-shutdown-timeout", "1.5", *FAST)
+    pids = sup.wait_ready(3)
+    sup.behave("hang-stop")
+    began = time.monotonic()
+    sup.signal(signal.SIGTERM)
+    code = sup.wait_exit(timeout=10)
+    took = time.monotonic() - began
+    assert code == 4
+    assert 1.5 <= took < 3.0, took
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+    assert not sup.group_processes()
+
+
+def test_killing_the_master_makes_every_worker_exit(supervise):
+    sup = supervise(RECORDER, "--workers", "4", *FAST)
+    pids = sup.wait_ready(4)
+    sup.signal(signal.SIGKILL)
+    sup.wait_exit()
+    wait_until(lambda: not sup.group_processes(), timeout=10, what="workers to exit")
+    assert {e.pid for e in sup.events("stopped")} == pids  # they drained, not died
+
+
+def test_rolling_reload_replaces_every_worker_keeping_enough_ready(supervise):
+    sup = supervise(RECORDER, "--workers", "4", "--reload-batch", "2", *FAST)
+    before = sup.wait_ready(4)
+    sup.behave("start-delay", "0.2")  # new workers take a while, so overlap would show
+    sup.signal(signal.SIGHUP)
+
+    after = wait_until(
+        lambda: (p := sup.worker_pids()) and not (p & before) and len(p) == 4 and p,
+        what="a new generation",
+    )
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+    assert len(sup.notify.with_key("RELOADING")) == 1
+    assert "MONOTONIC_USEC" in sup.notify.with_key("RELOADING")[0][1]
+    assert not after & before
+    assert {e.generation for e in sup.events("started") if e.pid in after} == {2}
+    assert min_serving(sup) >= 4 - 2
+
+
+def min_serving(sup: Supervisor) -> int:
+    """Fewest workers serving at once after the first all-ready moment, from the events
+    the workers wrote (started .. stopping), not from the master's own bookkeeping."""
+    timeline = sorted(
+        [(e.time, +1) for e in sup.events("started")]
+        + [(e.time, -1) for e in sup.events("stopping")]
+    )
+    serving, lowest, seen_full = 0, None, False
+    for _, change in timeline:
+        serving += change
+        if serving == 4:
+            seen_full = True
+        if seen_full:
+            lowest = serving if lowest is None else min(lowest, serving)
+    return lowest
+
+
+def test_two_quick_reloads_then_term_exit_cleanly(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST)
+    sup.wait_ready(2)
+    sup.signal(signal.SIGHUP)
+    sup.signal(signal.SIGHUP)
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert not sup.group_processes()
+
+
+def test_reload_to_a_generation_that_fails_keeps_the_old_workers(supervise):
+    sup = supervise(RECORDER, "--workers", "3", *FAST)
+    before = sup.wait_ready(3)
+    sup.behave("fail-start")
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: "reload to generation 2 failed" in sup.log(), what="failed reload")
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after failure")
+    assert sup.worker_pids() == before
+    assert sup.process.poll() is None
+    sup.unbehave("fail-start")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+
+
+def test_crash_loop_backs_off_then_exits_with_the_crash_loop_status(supervise):
+    sup = supervise(
+        RECORDER,
+        "--workers",
+        "1",
+        "--max-restarts",
+        "4",
+        "--restart-backoff",
+        "0.1",
+        "--heartbeat-interval",
+        "0.5",
+    )
+    sup.behave("fail-start")
+    assert sup.wait_exit(timeout=20) == 3
+    attempts = [e.time for e in sup.events("starting")]
+    assert len(attempts) == 5  # the first start and four restarts; the fifth exit gives up
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert gaps[2] > gaps[1] * 1.5 and gaps[3] > gaps[2] * 1.5, gaps
+    assert gaps[1] >= 0.1, gaps
+    assert not sup.notify.with_key("READY"), "READY=1 sent although no worker ever started"
+
+
+def test_ttin_and_ttou_add_and_remove_a_worker(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST)
+    sup.wait_ready(2)
+    sup.signal(signal.SIGTTIN)
+    wait_until(lambda: len(sup.worker_pids()) == 3, what="a third worker")
+    # Signals of one kind sent back to back may merge into one: wait between them.
+    sup.signal(signal.SIGTTOU)
+    wait_until(lambda: len(sup.worker_pids()) == 2, what="two workers left")
+    sup.signal(signal.SIGTTOU)
+    wait_until(lambda: len(sup.worker_pids()) == 1, what="one worker left")
+    sup.signal(signal.SIGTTOU)  # never below one
+    time.sleep(0.3)
+    assert len(sup.worker_pids()) == 1
+    assert "one worker is the fewest" in sup.log()
+
+
+def test_ready_is_sent_only_after_every_worker_started(supervise):
+    sup = supervise(RECORDER, "--workers", "4", *FAST)
+    sup.behave("start-delay", "0.3")
+    ready_at = wait_until(lambda: sup.notify.with_key("READY"), what="READY=1")[0][0]
+    started = sup.events("started")
+    assert len(started) == 4
+    assert max(e.time for e in started) <= ready_at
+    status = sup.notify.with_key("READY")[0][1]["STATUS"]
+    assert status.startswith("4/4 workers ready")
+
+
+def test_mutate_reload_resets_each_worker_in_place(supervise):
+    sup = supervise(RECORDER, "--workers", "3", "--reload-method", "mutate", *FAST)
+    before = sup.wait_ready(3)
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: len(sup.events("reset")) == 3, what="three resets")
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+    assert sup.worker_pids() == before
+    assert sorted(e.pid for e in sup.events("reset")) == sorted(before)
+
+
+def test_outside_hup_and_int_do_not_stop_a_worker(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST)
+    pids = sup.wait_ready(2)
+    for pid in pids:
+        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert sup.worker_pids() == pids
+    assert not sup.events("stopping")
+
+
+def test_cotyledon_style_service_runs_and_stops(supervise):
+    sup = supervise("tests.functional.services:CotyledonRecorder", "--workers", "2", *FAST)
+    pids = sup.wait_ready(2)
+    wait_until(lambda: len(sup.events("run")) == 2, what="run() in both workers")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert {e.pid for e in sup.events("stopping")} == pids
+
+
+def test_mutate_reload_replaces_a_cotyledon_service_without_reload(supervise):
+    sup = supervise(
+        "tests.functional.services:CotyledonWithoutReload",
+        "--workers",
+        "2",
+        "--reload-method",
+        "mutate",
+        *FAST,
+    )
+    before = sup.wait_ready(2)
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: len(p := sup.worker_pids()) == 2 and not p & before, what="two new workers")
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+    assert "exited with status 0" in sup.log()
+    assert "giving up" not in sup.log()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGQUIT])
+def test_fast_stop_exits_without_draining(supervise, signum):
+    sup = supervise(RECORDER, "--workers", "2", *FAST)
+    sup.wait_ready(2)
+    sup.behave("hang-stop")
+    began = time.monotonic()
+    sup.signal(signum)
+    assert sup.wait_exit() == 0
+    assert time.monotonic() - began < 1.5
+    assert not sup.events("stopping")
