@@ -36,7 +36,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The top-level parser and that of `run`."""
     parser = _OneLineParser(
         prog="supervise",
         description="A pre-fork supervisor for Python RPC services.",
@@ -72,7 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar=option.name.upper(),
                 help=option.metadata["help"],
             )
-    return parser
+    return parser, run
+
+
+def _print_help() -> None:
+    """The commands, then the options of `run`, the command most people are looking for."""
+    parser, run = build_parsers()
+    parser.print_help()
+    print()
+    run.print_help()
 
 
 def _version() -> str:
@@ -108,7 +117,10 @@ def _parse_flags(namespace: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        namespace = build_parser().parse_args(_with_implied_run(argv))
+        if list(argv) in (["-h"], ["--help"]):
+            _print_help()
+            return master.EXIT_OK
+        namespace = build_parsers()[0].parse_args(_with_implied_run(argv))
         if namespace.command is None:
             raise UsageError("missing SERVICE (see supervise --help)")
         return _run(namespace)

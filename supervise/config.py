@@ -47,13 +47,20 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a positive number of seconds, got {text}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite, non-negative number of seconds, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise ValueError("must be more than 0 seconds")
     return value
 
 
@@ -104,7 +111,7 @@ class Config:
     )
     host: str = _option(socket.gethostname, _text, "host name the services register under")
     graceful_shutdown_timeout: float = _option(
-        60.0, _positive_float, "seconds a drain may take before the rest are killed"
+        60.0, _seconds, "seconds a drain may take before the rest are killed; 0: no limit"
     )
     reload_method: str = _option(
         "rolling", _choice("rolling", "mutate"), "how SIGHUP reloads: rolling or mutate"
@@ -161,7 +168,11 @@ def read_config_files(paths: Iterable[str]) -> dict[str, Any]:
     """Values from the INI files, later files overriding earlier ones."""
     values: dict[str, Any] = {}
     for path in paths:
-        parser = configparser.ConfigParser(interpolation=None)
+        # [DEFAULT] read as an ordinary section, so [supervise] shows only its own keys;
+        # not strict, as oslo.config allows a key to repeat (multi-valued options).
+        parser = configparser.ConfigParser(
+            interpolation=None, strict=False, default_section="\0no default section"
+        )
         try:
             with open(path, encoding="utf-8") as stream:
                 parser.read_file(stream)
@@ -170,14 +181,15 @@ def read_config_files(paths: Iterable[str]) -> dict[str, Any]:
         except (configparser.Error, UnicodeDecodeError) as error:
             first_line = str(error).splitlines()[0]
             raise ConfigError(f"cannot parse config file {path}: {first_line}") from None
-        for name, text in parser.defaults().items():
-            if name in _BY_NAME:
-                values[name] = parse(name, text, path)
+        if parser.has_section("DEFAULT"):
+            for name, text in parser.items("DEFAULT"):
+                if name in _BY_NAME:
+                    values[name] = parse(name, text, path)
         if parser.has_section(SECTION):
-            for name in parser.options(SECTION):
+            for name, text in parser.items(SECTION):
                 if name not in _BY_NAME:
                     raise ConfigError(f"{path}: [{SECTION}] has an unknown option {name!r}")
-                values[name] = parse(name, parser.get(SECTION, name), path)
+                values[name] = parse(name, text, path)
     return values
 
 

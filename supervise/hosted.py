@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
 import inspect
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.machinery import ModuleSpec
 from typing import Any, Protocol
 
 from supervise.config import Config
@@ -66,15 +67,39 @@ def resolve(name: str) -> ServiceRef:
         raise ServiceNotFound(
             f"unknown service {name!r}: give a registered name ({known}) or module:Class"
         )
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError) as error:
-        raise ServiceNotFound(
-            f"cannot find module {module!r} of service {name!r}: {error}"
-        ) from None
-    if spec is None:
+    if not _module_exists(module):
         raise ServiceNotFound(f"cannot find module {module!r} of service {name!r}")
     return ServiceRef(name, module, attribute)
+
+
+def _module_exists(dotted: str) -> bool:
+    """Whether `dotted` can be imported, asking the import system's finders part by part so
+    that no package's ``__init__`` runs (importlib.util.find_spec would import the parents)."""
+    parts = dotted.split(".")
+    search_path = None
+    for index, part in enumerate(parts):
+        if not part.isidentifier():
+            return False
+        name = ".".join(parts[: index + 1])
+        if name in sys.modules:
+            search_path = getattr(sys.modules[name], "__path__", None)
+            continue
+        spec = _find_spec(name, search_path)
+        if spec is None:
+            return False
+        search_path = spec.submodule_search_locations
+        if search_path is None and index < len(parts) - 1:
+            return False  # a plain module has no submodules
+    return True
+
+
+def _find_spec(name: str, search_path: list[str] | None) -> ModuleSpec | None:
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        spec = find_spec(name, search_path) if find_spec else None
+        if spec is not None:
+            return spec
+    return None
 
 
 def load(ref: ServiceRef) -> Any:

@@ -116,6 +116,7 @@ class Master:
         self.children: dict[int, Child] = {}
         self.reload: RollingReload | None = None
         self.reload_again = False
+        self.stop_began = 0.0
         self.stop_deadline: float | None = None
         self.ready_announced = False
         self.ever_ready = False
@@ -455,13 +456,10 @@ class Master:
     def _kill_remaining(self) -> None:
         if not self.children:
             return
-        timeout = (
-            self.conf.graceful_shutdown_timeout if self.phase is Phase.STOPPING else FAST_STOP_GRACE
-        )
         LOG.error(
             "%d workers still running %.1f s after the stop began: killing %s",
             len(self.children),
-            timeout,
+            time.monotonic() - self.stop_began,
             ", ".join(str(pid) for pid in self.children),
         )
         for child in self.children.values():
@@ -480,13 +478,15 @@ class Master:
         if self.phase is not Phase.RUNNING:
             return
         self.phase = Phase.STOPPING
-        self.stop_deadline = time.monotonic() + self.conf.graceful_shutdown_timeout
+        self.stop_began = time.monotonic()
+        timeout = self.conf.graceful_shutdown_timeout
+        self.stop_deadline = self.stop_began + timeout if timeout else None
         self.reload = None
         LOG.info(
-            "stopping (%s): draining %d workers, at most %.1f s",
+            "stopping (%s): draining %d workers, %s",
             reason,
             len(self.children),
-            self.conf.graceful_shutdown_timeout,
+            f"at most {timeout:g} s" if timeout else "with no time limit",
         )
         self.notifier.stopping(f"stopping: {reason}")
         for slot in self.slots:
@@ -500,7 +500,8 @@ class Master:
         if self.phase is Phase.RUNNING:
             self.notifier.stopping("fast stop")
         self.phase = Phase.QUITTING
-        self.stop_deadline = time.monotonic() + FAST_STOP_GRACE
+        self.stop_began = time.monotonic()
+        self.stop_deadline = self.stop_began + FAST_STOP_GRACE
         self.reload = None
         LOG.info("fast stop: %d workers exit without draining", len(self.children))
         for child in self.children.values():

@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -76,6 +77,17 @@ def _set_parent_death_signal(signum: int) -> None:
         LOG.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
 
 
+def _log_thread_stacks(_signum: int, _frame: Any) -> None:
+    """SIGUSR2: every thread's stack as one log record, so the dumps of workers that share a
+    log file do not interleave (faulthandler writes line by line)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        parts.append(f"Thread {names.get(ident, ident)}:\n{stack}")
+    LOG.warning("thread stacks:\n%s", "\n".join(parts))
+
+
 class Worker:
     def __init__(self, spec: WorkerSpec, link: socket.socket, inherited: list[Closable]):
         self.spec = spec
@@ -103,7 +115,8 @@ class Worker:
         signal.signal(signal.SIGTERM, self._record_signal)
         signal.signal(signal.SIGUSR1, self._record_signal)
         signal.signal(signal.SIGQUIT, self._quit_now)
-        self._register_stack_dump()
+        signal.signal(signal.SIGUSR2, _log_thread_stacks)
+        faulthandler.enable()
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ)
         self._selector.register(self.link, selectors.EVENT_READ)
 
@@ -116,13 +129,6 @@ class Worker:
         _set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != self.spec.master_pid:
             self._request_stop("the master exited while this worker started")
-
-    def _register_stack_dump(self) -> None:
-        """SIGUSR2 dumps every thread's stack from C, so it works even when Python is stuck."""
-        stream = next(
-            (h.stream for h in logging.getLogger().handlers if hasattr(h, "stream")), sys.stderr
-        )
-        faulthandler.register(signal.SIGUSR2, file=stream, all_threads=True)
 
     def _record_signal(self, signum: int, _frame: Any) -> None:
         self._signals.append(signum)
@@ -156,7 +162,7 @@ class Worker:
         self._handle_signals()
         if self._stop_reason is None:
             self._tell_master("ready")
-            LOG.debug("ready")
+            LOG.info("ready: %s started", self.spec.service.name)
         self._serve()
         if self._crashed.is_set():
             return EXIT_FAILED
@@ -183,7 +189,6 @@ class Worker:
                 self._request_stop("SIGTERM")
             elif signum == signal.SIGUSR1:
                 logs.reopen()
-                self._register_stack_dump()
 
     def _read_channel(self) -> None:
         messages, master_gone = channel.receive(self.link)
@@ -211,9 +216,10 @@ class Worker:
     def _drain(self) -> int:
         LOG.info("stopping: %s", self._stop_reason)
         self._tell_master("stopping")
-        deadline = threading.Timer(self.conf.graceful_shutdown_timeout, self._drain_timed_out)
-        deadline.daemon = True
-        deadline.start()
+        if self.conf.graceful_shutdown_timeout:
+            deadline = threading.Timer(self.conf.graceful_shutdown_timeout, self._drain_timed_out)
+            deadline.daemon = True
+            deadline.start()
         try:
             self.service.stop()
         except Exception:

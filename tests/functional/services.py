@@ -45,6 +45,8 @@ class Recorder:
 
     def start(self) -> None:
         record("starting", self.slot, self.generation)
+        if any(name in os.environ for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")):
+            record("inherited-notify-socket", self.slot, self.generation)
         delay = _behaviour("start-delay")
         if delay:
             time.sleep(float(delay))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -159,7 +160,7 @@ def test_crash_loop_backs_off_then_exits_with_the_crash_loop_status(supervise):
     assert sup.wait_exit(timeout=20) == 3
     attempts = [e.time for e in sup.events("starting")]
     assert len(attempts) == 5  # the first start and four restarts; the fifth exit gives up
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[2] > gaps[1] * 1.5 and gaps[3] > gaps[2] * 1.5, gaps
     assert gaps[1] >= 0.1, gaps
     assert not sup.notify.with_key("READY"), "READY=1 sent although no worker ever started"
@@ -249,3 +250,101 @@ def test_fast_stop_exits_without_draining(supervise, signum):
     assert sup.wait_exit() == 0
     assert time.monotonic() - began < 1.5
     assert not sup.events("stopping")
+
+
+def test_second_int_turns_a_drain_into_a_fast_stop(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST)
+    sup.wait_ready(2)
+    sup.behave("hang-stop")
+    sup.signal(signal.SIGINT)
+    wait_until(lambda: len(sup.events("stopping")) == 2, what="a graceful drain")
+    began = time.monotonic()
+    sup.signal(signal.SIGINT)
+    assert sup.wait_exit() == 0
+    assert time.monotonic() - began < 1.5
+    assert not sup.group_processes()
+
+
+def test_worker_not_ready_in_time_is_killed_and_replaced(supervise):
+    sup = supervise(RECORDER, "--workers", "1", "--worker-ready-timeout", "0.5", *FAST)
+    sup.behave("start-delay", "30")
+    first = wait_until(lambda: sup.events("starting"), what="a first start")[0].pid
+    wait_until(lambda: f"Child {first} (slot 0) not ready after 0.5 s" in sup.log(), what="kill")
+    sup.unbehave("start-delay")
+    wait_until(lambda: sup.events("started"), what="a replacement that starts")
+    assert f"Child {first} killed by signal 9 (not ready after 0.5 s)" in sup.log()
+
+
+def test_preloaded_service_respawns(supervise):
+    sup = supervise(RECORDER, "--workers", "2", "--preload", *FAST)
+    before = sup.wait_ready(2)
+    os.kill(min(before), signal.SIGKILL)
+    wait_until(lambda: len(p := sup.worker_pids()) == 2 and p != before, what="a preloaded respawn")
+
+
+def test_workers_do_not_inherit_the_notify_socket_and_logs_name_their_process(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST, env={"WATCHDOG_USEC": "2000000"})
+    pids = sup.wait_ready(2)
+    assert not sup.events("inherited-notify-socket")
+    log = sup.log()
+    assert f"[master pid {sup.pid}]" in log
+    for pid in pids:
+        slot = slot_of(sup, pid)
+        assert f"[worker {slot}/1 pid {pid}]" in log
+        assert psutil.Process(pid).cmdline()[0] == (f"supervise: worker {slot} {RECORDER}")
+    assert psutil.Process(sup.pid).cmdline()[0] == f"supervise: master {RECORDER}"
+
+
+def test_watchdog_pings_only_while_every_worker_heartbeats(supervise):
+    sup = supervise(RECORDER, "--workers", "2", env={"WATCHDOG_USEC": "400000"})
+    pids = sup.wait_ready(2)
+    wait_until(lambda: len(sup.notify.with_key("WATCHDOG")) >= 3, what="watchdog pings")
+    stuck = min(pids)
+    os.kill(stuck, signal.SIGSTOP)  # a hung worker: alive, but no more heartbeats
+    try:
+        # heartbeats every 0.1 s (a quarter of WATCHDOG_USEC); stale after three.
+        time.sleep(0.5)
+        pings = len(sup.notify.with_key("WATCHDOG"))
+        time.sleep(1.0)
+        assert len(sup.notify.with_key("WATCHDOG")) == pings, "pinged with a hung worker"
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    wait_until(lambda: len(sup.notify.with_key("WATCHDOG")) > pings, what="pings after recovery")
+
+
+def test_usr1_reopens_log_files_in_master_and_workers(supervise, tmp_path):
+    log_file = tmp_path / "service.log"
+    sup = supervise(RECORDER, "--workers", "2", "--log-file", str(log_file), *FAST)
+    sup.wait_ready(2)
+    rotated = tmp_path / "service.log.1"
+    log_file.rename(rotated)
+    sup.signal(signal.SIGUSR1)
+    wait_until(log_file.exists, what="a reopened log file")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    text = log_file.read_text()
+    assert "master exiting with status 0" in text
+    assert text.count("supervise.worker: stopped") == 2
+    assert "all 2 workers ready" in rotated.read_text()
+
+
+def test_usr2_dumps_every_worker_thread_stack(supervise, tmp_path):
+    log_file = tmp_path / "service.log"
+    sup = supervise(
+        "tests.functional.services:CotyledonRecorder",
+        "--workers",
+        "2",
+        "--log-file",
+        str(log_file),
+        *FAST,
+    )
+    sup.wait_ready(2)
+    sup.signal(signal.SIGUSR2)
+
+    def dumps() -> list[str]:
+        records = log_file.read_text().split("thread stacks:")[1:]
+        return [r for r in records if "in run" in r and "in _serve" in r]
+
+    wait_until(lambda: len(dumps()) == 2, what="two stack dumps showing run() and _serve()")
+    for record in dumps():  # one whole record each, not two interleaved dumps
+        assert record.count("in _serve") == 1
