@@ -348,3 +348,13 @@ def test_usr2_dumps_every_worker_thread_stack(supervise, tmp_path):
     wait_until(lambda: len(dumps()) == 2, what="two stack dumps showing run() and _serve()")
     for record in dumps():  # one whole record each, not two interleaved dumps
         assert record.count("in _serve") == 1
+
+
+def test_ctrl_c_in_a_terminal_drains_the_whole_tree_once(supervise):
+    """A terminal's Ctrl-C sends INT to every process of the foreground group."""
+    sup = supervise(RECORDER, "--workers", "3", *FAST)
+    pids = sup.wait_ready(3)
+    os.killpg(sup.pid, signal.SIGINT)
+    assert sup.wait_exit() == 0
+    assert {e.pid for e in sup.events("stopped")} == pids
+    assert "Child" in sup.log() and "killed by signal" not in sup.log()
