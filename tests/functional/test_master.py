@@ -358,3 +358,34 @@ def test_ctrl_c_in_a_terminal_drains_the_whole_tree_once(supervise):
     assert sup.wait_exit() == 0
     assert {e.pid for e in sup.events("stopped")} == pids
     assert "Child" in sup.log() and "killed by signal" not in sup.log()
+
+
+def test_reload_rereads_the_config_file_and_resizes(supervise, tmp_path):
+    conf = tmp_path / "supervise.conf"
+    conf.write_text("[DEFAULT]\nworkers = 2\n")
+    sup = supervise(RECORDER, "--config-file", str(conf), *FAST)
+    before = sup.wait_ready(2)
+    conf.write_text("[DEFAULT]\nworkers = 3\n")
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: len(p := sup.worker_pids()) == 3 and not p & before, what="3 new workers")
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+
+
+def test_unparsable_config_on_reload_keeps_the_running_one(supervise, tmp_path):
+    conf = tmp_path / "supervise.conf"
+    conf.write_text("[DEFAULT]\nworkers = 2\n")
+    sup = supervise(RECORDER, "--config-file", str(conf), *FAST)
+    before = sup.wait_ready(2)
+    conf.write_text("[DEFAULT]\nworkers = many\n")
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+    assert "reload failed, keeping the running configuration" in sup.log()
+    assert "workers: expected a whole number, got 'many'" in sup.log()
+    assert sup.worker_pids() == before
+
+
+def test_service_that_cannot_be_imported_stops_the_master_with_status_2(supervise):
+    sup = supervise("os:NoSuchService", "--workers", "2", *FAST)
+    assert sup.wait_exit() == 2
+    assert "module 'os' has no 'NoSuchService'" in sup.log()
+    assert "Traceback" not in sup.log()
