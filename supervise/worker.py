@@ -42,6 +42,11 @@ PR_SET_PDEATHSIG = 1
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
 
 
+class _StopWhileStarting(BaseException):
+    """Raised by the TERM handler into a service's start(), which may wait for a long time
+    (a broker that is down); a BaseException so that the service's handlers let it pass."""
+
+
 class Closable(Protocol):
     def close(self) -> None: ...
 
@@ -95,6 +100,7 @@ class Worker:
         self.link = link
         self._signals: list[int] = []
         self._stop_reason: str | None = None
+        self._starting = False
         self._crashed = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._reset_after_fork(inherited)
@@ -132,6 +138,8 @@ class Worker:
 
     def _record_signal(self, signum: int, _frame: Any) -> None:
         self._signals.append(signum)
+        if signum == signal.SIGTERM and self._starting:
+            raise _StopWhileStarting
 
     def _quit_now(self, _signum: int, _frame: Any) -> None:
         LOG.info("fast stop: exiting without draining")
@@ -154,11 +162,17 @@ class Worker:
             return EXIT_LOAD_FAILED
         context = hosted.WorkerContext(self.spec.slot, self.spec.generation, self.conf)
         self.service = hosted.host(target, context, on_crash=self._on_crash)
+        self._starting = True
         try:
             self.service.start()
+        except _StopWhileStarting:
+            LOG.info("stopped (SIGTERM) before the service was ready")
+            return EXIT_OK
         except Exception:
             LOG.exception("service %s failed to start", self.spec.service.name)
             return EXIT_FAILED
+        finally:
+            self._starting = False
         self._handle_signals()
         if self._stop_reason is None:
             self._tell_master("ready")
