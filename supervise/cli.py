@@ -14,9 +14,10 @@ from typing import Any, NoReturn
 
 from supervise import config, hosted, logs, master
 from supervise.config import ConfigError
+from supervise.rpc.broker import BadTransportURL
 from supervise.systemd import Notifier
 
-SUBCOMMANDS = ("run",)
+SUBCOMMANDS = ("run", "call")
 
 LOG = logging.getLogger(__name__)
 
@@ -51,29 +52,54 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="SERVICE",
         help="a registered service name or module:Class",
     )
-    run.add_argument(
+    _add_config_options(run, [f.name for f in config.settable_fields()])
+
+    call = commands.add_parser(
+        "call",
+        help="call (or cast to) a method of an RPC service and print the result as JSON",
+        description="Call METHOD on TOPIC with key=value arguments (values are JSON, else "
+        "strings) and print the result as JSON. Exit 1 on a remote error, a timeout or an "
+        "unreachable broker.",
+    )
+    call.add_argument("topic", metavar="TOPIC")
+    call.add_argument("method", metavar="METHOD")
+    call.add_argument("arguments", nargs="*", metavar="KEY=VALUE")
+    call.add_argument("--json", metavar="ARGS", help="arguments as one JSON object")
+    call.add_argument("--server", help="call the queue of this host only")
+    call.add_argument("--cast", action="store_true", help="send without waiting for a reply")
+    call.add_argument("--fanout", action="store_true", help="cast to every server of TOPIC")
+    call.add_argument("--namespace", help="endpoint namespace")
+    call.add_argument("--api-version", dest="api_version", help="requested API version")
+    call.add_argument("--timeout", metavar="S", help="seconds to wait for the reply")
+    _add_config_options(call, ["transport_url", "control_exchange", "log_level"])
+    return parser, run
+
+
+def _add_config_options(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    parser.add_argument(
         "--config-file",
         action="append",
         default=[],
         metavar="FILE",
         help="INI config file; repeat for more, later ones win",
     )
-    for option in config.settable_fields():
+    fields = {f.name: f for f in config.settable_fields()}
+    for name in names:
+        option = fields[name]
         if option.metadata.get("flag") == "store_true":
-            run.add_argument(
-                _flag(option.name),
+            parser.add_argument(
+                _flag(name),
                 action="store_true",
                 default=argparse.SUPPRESS,
                 help=option.metadata["help"],
             )
         else:
-            run.add_argument(
-                _flag(option.name),
+            parser.add_argument(
+                _flag(name),
                 default=argparse.SUPPRESS,
-                metavar=option.name.upper(),
+                metavar=name.upper(),
                 help=option.metadata["help"],
             )
-    return parser, run
 
 
 def _print_help() -> None:
@@ -123,17 +149,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace = build_parsers()[0].parse_args(_with_implied_run(argv))
         if namespace.command is None:
             raise UsageError("missing SERVICE (see supervise --help)")
+        if namespace.command == "call":
+            from supervise.rpc import cli_call
+
+            return cli_call.main(namespace, _load_config(namespace))
         return _run(namespace)
-    except (UsageError, ConfigError, hosted.ServiceNotFound) as error:
+    except (UsageError, ConfigError, hosted.ServiceNotFound, BadTransportURL) as error:
         print(f"supervise: error: {error}", file=sys.stderr)
         return master.EXIT_USAGE
     except KeyboardInterrupt:
         return master.EXIT_ERROR
 
 
+def _load_config(namespace: argparse.Namespace) -> config.Config:
+    return config.load(_parse_flags(namespace), namespace.config_file)
+
+
 def _run(namespace: argparse.Namespace) -> int:
-    flags = _parse_flags(namespace)
-    load_config = functools.partial(config.load, flags, namespace.config_file)
+    load_config = functools.partial(config.load, _parse_flags(namespace), namespace.config_file)
     conf = load_config()
     service = hosted.resolve(namespace.service)
     try:

@@ -137,6 +137,26 @@ class Config:
     heartbeat_interval: float = _option(
         5.0, _positive_float, "seconds between a worker's heartbeats to the master"
     )
+    transport_url: str = _option(
+        "rabbit://guest:guest@localhost:5672/",
+        _text,
+        "message broker, oslo style: rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost",
+    )
+    control_exchange: str = _option("openstack", _text, "topic exchange of RPC messages")
+    topic: str | None = _option(None, _text, "RPC topic of the service (default: its own)")
+    executor_thread_pool_size: int = _option(
+        64, _positive_int, "threads running RPC methods in each worker; also its prefetch"
+    )
+    rpc_response_timeout: float = _option(60.0, _positive_float, "seconds a call waits")
+    max_message_size: int = _option(
+        16 << 20, _positive_int, "bytes; a larger message gets an error reply"
+    )
+    max_redeliveries: int = _option(
+        3, _non_negative_int, "deliveries that may die with a message before it is dead-lettered"
+    )
+    heartbeat_timeout_threshold: float = _option(
+        60.0, _seconds, "AMQP heartbeat timeout in seconds; 0 disables heartbeats"
+    )
     log_level: str = _option("INFO", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_file: str | None = _option(None, _text, "append logs to this file instead of stderr")
     config_file: tuple[str, ...] = field(default=(), metadata={"help": "INI config file"})

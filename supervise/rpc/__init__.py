@@ -1,0 +1,1 @@
+"""RPC compatible with oslo.messaging: its wire format and its endpoint dispatch."""

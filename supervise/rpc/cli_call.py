@@ -1,0 +1,71 @@
+"""``supervise call``: one RPC call or cast from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from supervise.config import Config, ConfigError, parse
+from supervise.rpc import wire
+from supervise.rpc.client import BrokerUnreachable, MessagingTimeout, Messenger, RPCClient
+from supervise.rpc.dispatcher import Target
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def _arguments(namespace: argparse.Namespace) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    if namespace.json is not None:
+        try:
+            arguments = json.loads(namespace.json)
+        except ValueError as error:
+            raise ConfigError(f"--json: not JSON: {error}") from None
+        if not isinstance(arguments, dict):
+            raise ConfigError("--json: expected a JSON object")
+    for item in namespace.arguments:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            arguments[key] = json.loads(text)
+        except ValueError:
+            arguments[key] = text
+    return arguments
+
+
+def main(namespace: argparse.Namespace, conf: Config) -> int:
+    logging.basicConfig(level=conf.log_level, format="supervise: %(levelname)s %(message)s")
+    arguments = _arguments(namespace)
+    timeout = (
+        conf.rpc_response_timeout
+        if namespace.timeout is None
+        else parse("rpc_response_timeout", namespace.timeout, "--timeout")
+    )
+    if namespace.fanout and not namespace.cast:
+        raise ConfigError("--fanout needs --cast: a fanout has no single reply")
+    target = Target(
+        topic=namespace.topic,
+        server=namespace.server,
+        fanout=namespace.fanout,
+        namespace=namespace.namespace,
+        version=namespace.api_version,
+    )
+    messenger = Messenger(conf.transport_url)
+    client = RPCClient(messenger, target, timeout=timeout, exchange=conf.control_exchange)
+    try:
+        if namespace.cast:
+            client.cast({}, namespace.method, **arguments)
+        else:
+            print(json.dumps(client.call({}, namespace.method, **arguments)))
+        return EXIT_OK
+    except wire.RemoteError as error:
+        print(f"supervise: remote error: {error.exc_type}: {error.value}", file=sys.stderr)
+    except (MessagingTimeout, BrokerUnreachable) as error:
+        print(f"supervise: {error}", file=sys.stderr)
+    finally:
+        messenger.close()
+    return EXIT_FAILED

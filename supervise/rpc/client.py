@@ -1,0 +1,175 @@
+"""RPC client with oslo.messaging's interface: call, cast, fanout cast, prepare.
+
+Every client of a process shares one `Messenger`: one connection owned by an I/O thread
+and one ``reply_<uuid>`` queue, on which replies are matched to waiting calls by ``_msg_id``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import kombu
+import kombu.message
+
+from supervise.rpc import broker, wire
+from supervise.rpc.dispatcher import Target
+from supervise.rpc.io import ConnectionLost, ConnectionThread
+from supervise.rpc.server import fanout_exchange, topic_exchange
+
+LOG = logging.getLogger(__name__)
+
+REPLY_QUEUE_EXPIRES_MS = 1_800_000  # oslo's rabbit_transient_queues_ttl
+
+
+class MessagingTimeout(Exception):
+    """No reply came within the call's timeout."""
+
+
+class BrokerUnreachable(Exception):
+    """The broker could not be reached within the call's timeout."""
+
+
+class Messenger:
+    """The connection and reply queue that a process's clients share."""
+
+    def __init__(self, transport_url: str, *, heartbeat: float = 60.0):
+        self.transport_url = transport_url
+        self.reply_queue = f"reply_{uuid.uuid4().hex}"
+        self._waiting: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._producer: kombu.Producer | None = None
+        self._io = ConnectionThread(
+            transport_url, name="rpc-client-io", heartbeat=heartbeat, on_connect=self._setup
+        )
+        self._io.start()
+
+    def close(self) -> None:
+        self._io.stop()
+
+    def _setup(self, conn: kombu.Connection) -> None:
+        channel = conn.channel()
+        self._producer = kombu.Producer(channel, auto_declare=False)
+        queue = kombu.Queue(
+            self.reply_queue,
+            durable=False,
+            auto_delete=False,
+            queue_arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
+        )
+        kombu.Consumer(channel, [queue], on_message=self._on_reply, no_ack=True).consume()
+
+    def _on_reply(self, message: kombu.message.Message) -> None:
+        try:
+            reply = wire.decode(message.body, message.content_type, 1 << 30)
+        except wire.WireError as error:
+            LOG.warning("dropped an unreadable reply: %s", error)
+            return
+        with self._lock:
+            future = self._waiting.pop(reply.get("_msg_id"), None)
+        if future is None:
+            LOG.debug("dropped a reply nobody waits for: %s", reply.get("_msg_id"))
+        elif not future.done():
+            future.set_result(reply)
+
+    def publish(self, exchange: kombu.Exchange, routing_key: str, message: dict, timeout: float):
+        """Publish from the I/O thread; raise BrokerUnreachable if it is not connected in time."""
+        if not self._io.connected.wait(timeout):
+            raise BrokerUnreachable(
+                f"cannot reach the broker at {broker.mask(self.transport_url)}"
+                + (f": {self._io.last_error}" if self._io.last_error else "")
+            )
+        body = wire.encode(message)
+
+        def send(_conn: kombu.Connection) -> None:
+            self._producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                serializer="json",
+                declare=[exchange],
+                expiration=timeout,
+            )
+
+        try:
+            self._io.submit(send).result(timeout)
+        except (ConnectionLost, FutureTimeout) as error:
+            raise BrokerUnreachable(f"could not publish: {error or 'timed out'}") from None
+
+    def expect_reply(self, msg_id: str) -> Future:
+        future: Future = Future()
+        with self._lock:
+            self._waiting[msg_id] = future
+        return future
+
+    def forget(self, msg_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(msg_id, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class RPCClient:
+    """``RPCClient(messenger, Target(topic=...)).prepare(server=...).call(ctx, "method", a=1)``"""
+
+    messenger: Messenger
+    target: Target
+    timeout: float = 60.0
+    exchange: str = "openstack"
+
+    def prepare(self, *, timeout: float | None = None, **target_fields: Any) -> RPCClient:
+        """A client with some Target fields (server, fanout, version, namespace) replaced."""
+        return dataclasses.replace(
+            self,
+            target=dataclasses.replace(self.target, **target_fields),
+            timeout=self.timeout if timeout is None else timeout,
+        )
+
+    def _message(self, context: Mapping[str, Any], method: str, args: dict) -> dict:
+        message: dict[str, Any] = {"method": method, "args": args}
+        if self.target.namespace is not None:
+            message["namespace"] = self.target.namespace
+        if self.target.version is not None:
+            message["version"] = self.target.version
+        message["_unique_id"] = wire.new_unique_id()
+        message.update(wire.pack_context(context))
+        return message
+
+    def _destination(self) -> tuple[kombu.Exchange, str]:
+        topic = self.target.topic
+        if self.target.fanout:
+            return fanout_exchange(topic), topic
+        exchange = topic_exchange(self.target.exchange or self.exchange)
+        return exchange, f"{topic}.{self.target.server}" if self.target.server else topic
+
+    def cast(self, context: Mapping[str, Any], method: str, **kwargs: Any) -> None:
+        exchange, routing_key = self._destination()
+        message = self._message(context, method, kwargs)
+        self.messenger.publish(exchange, routing_key, message, self.timeout)
+
+    def call(self, context: Mapping[str, Any], method: str, **kwargs: Any) -> Any:
+        if self.target.fanout:
+            raise ValueError("a call cannot be a fanout: use cast")
+        exchange, routing_key = self._destination()
+        message = self._message(context, method, kwargs)
+        msg_id = uuid.uuid4().hex
+        message.update(_msg_id=msg_id, _reply_q=self.messenger.reply_queue, _timeout=self.timeout)
+        deadline = time.monotonic() + self.timeout
+        reply = self.messenger.expect_reply(msg_id)
+        try:
+            self.messenger.publish(exchange, routing_key, message, self.timeout)
+            answer = reply.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise MessagingTimeout(
+                f"no reply to {method!r} on topic {self.target.topic!r} within {self.timeout:g} s"
+            ) from None
+        finally:
+            self.messenger.forget(msg_id)
+        if answer.get("failure"):
+            raise wire.deserialize_failure(answer["failure"])
+        return answer.get("result")

@@ -1,0 +1,206 @@
+"""One thread that owns one broker connection.
+
+kombu and py-amqp are not thread-safe, so every AMQP operation of a connection happens on
+its own I/O thread: other threads hand it work with `submit` and wake it through a socket
+pair, while it waits in ``select`` on the broker socket and that pair. It reconnects with
+back-off, logging one line when an outage begins and one when it ends, and keeps AMQP
+heartbeats flowing whatever the handler threads are doing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import kombu
+
+from supervise.rpc import broker
+from supervise.wakeup import Wakeup
+
+LOG = logging.getLogger(__name__)
+
+RETRY_START = 1.0
+RETRY_STEP = 2.0
+RETRY_MAX = 30.0
+
+Task = Callable[[kombu.Connection], Any]
+
+
+class ConnectionLost(Exception):
+    """The broker connection went away before the work could be done."""
+
+
+class _Stopping(Exception):
+    pass
+
+
+class ConnectionThread:
+    def __init__(
+        self,
+        transport_url: str,
+        *,
+        name: str,
+        heartbeat: float,
+        on_connect: Callable[[kombu.Connection], None],
+    ):
+        self.transport_url = transport_url
+        self.heartbeat = heartbeat
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self._on_connect = on_connect
+        self._tasks: deque[tuple[Task, Future | None]] = deque()
+        self._wakeup = Wakeup()
+        self._stopping = threading.Event()
+        self._outage_began: float | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, task: Task) -> Future:
+        """Run ``task(connection)`` on the I/O thread; its result or error lands in the Future."""
+        future: Future = Future()
+        self._tasks.append((task, future))
+        self._wakeup.wake()
+        return future
+
+    def call_soon(self, task: Task) -> None:
+        """Run ``task(connection)`` on the I/O thread; nobody waits for it, and it survives a
+        reconnect (it then runs with the new connection)."""
+        self._tasks.append((task, None))
+        self._wakeup.wake()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stopping.set()
+        self._wakeup.wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # ----- on the I/O thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            conn = self._connect()
+            if conn is None:
+                break
+            try:
+                self._on_connect(conn)
+                self._end_outage()
+                self.connected.set()
+                self._pump(conn)
+            except (*conn.connection_errors, *conn.channel_errors, OSError) as error:
+                self.connected.clear()
+                self._begin_outage(f"lost the connection: {_describe(error)}")
+            finally:
+                self.connected.clear()
+                with contextlib.suppress(Exception):
+                    conn.release()
+        self._fail_pending(ConnectionLost("the connection was closed"))
+        self._wakeup.close()
+
+    def _connect(self) -> kombu.Connection | None:
+        conn = broker.connection(self.transport_url, heartbeat=self.heartbeat)
+        try:
+            conn.ensure_connection(
+                errback=self._on_connect_error,
+                max_retries=None,
+                interval_start=RETRY_START,
+                interval_step=RETRY_STEP,
+                interval_max=RETRY_MAX,
+                callback=self._raise_if_stopping,
+            )
+        except _Stopping:
+            conn.release()
+            return None
+        return conn
+
+    def _raise_if_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise _Stopping
+
+    def _on_connect_error(self, error: Exception, interval: float) -> None:
+        self._raise_if_stopping()
+        self._begin_outage(f"cannot connect: {_describe(error)}; retrying every {interval:g} s")
+
+    def _begin_outage(self, what: str) -> None:
+        self.last_error = what
+        if self._outage_began is None:
+            self._outage_began = time.monotonic()
+            LOG.warning("broker %s: %s", broker.mask(self.transport_url), what)
+        self._fail_pending(ConnectionLost(what))
+
+    def _end_outage(self) -> None:
+        if self._outage_began is not None:
+            LOG.warning(
+                "broker %s: connected again after %.1f s",
+                broker.mask(self.transport_url),
+                time.monotonic() - self._outage_began,
+            )
+            self._outage_began = None
+        self.last_error = None
+
+    def _fail_pending(self, error: Exception) -> None:
+        """Work someone waits for fails at once rather than after a reconnect, so a caller is
+        told of an outage instead of hanging in it; work nobody waits for (acks, replies)
+        stays queued for the next connection, where it decides what still applies."""
+        kept = deque()
+        while self._tasks:
+            task, future = self._tasks.popleft()
+            if future is None:
+                kept.append((task, future))
+            elif not future.done():
+                future.set_exception(error)
+        self._tasks.extendleft(reversed(kept))
+
+    def _pump(self, conn: kombu.Connection) -> None:
+        sock = conn.connection.sock
+        timeout = self.heartbeat / 4 if self.heartbeat else None
+        while not self._stopping.is_set():
+            self._run_tasks(conn)
+            readable, _, _ = select.select([sock, self._wakeup.reader], [], [], timeout)
+            if self._wakeup.reader in readable:
+                self._wakeup.drain()
+            if sock in readable:
+                self._drain_events(conn)
+            if self.heartbeat:
+                conn.heartbeat_check()
+        self._run_tasks(conn)
+
+    @staticmethod
+    def _drain_events(conn: kombu.Connection) -> None:
+        with contextlib.suppress(socket.timeout):
+            while True:
+                conn.drain_events(timeout=0)
+
+    def _run_tasks(self, conn: kombu.Connection) -> None:
+        while self._tasks:
+            task, future = self._tasks.popleft()
+            try:
+                result = task(conn)
+            except (*conn.connection_errors, OSError) as error:
+                if future is None:
+                    self._tasks.appendleft((task, None))  # retried on the next connection
+                else:
+                    future.set_exception(error)
+                raise
+            except Exception as error:
+                if future is None:
+                    LOG.exception("I/O task failed")
+                else:
+                    future.set_exception(error)
+            else:
+                if future is not None:
+                    future.set_result(result)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

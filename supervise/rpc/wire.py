@@ -1,0 +1,221 @@
+"""The oslo.messaging 2.0 wire format, JSON only.
+
+An AMQP body is the envelope ``{"oslo.version": "2.0", "oslo.message": "<JSON string>"}``;
+the inner message is an object. A call carries ``method``, ``args``, optional ``namespace``
+and ``version``, ``_unique_id``, the caller's context flattened into ``_context_<key>``
+entries, and ``_msg_id``, ``_reply_q``, ``_timeout``. A reply carries ``result``,
+``failure`` (a JSON string made by `serialize_failure`, or null), ``ending``, ``_msg_id``
+and ``_unique_id``.
+
+Only JSON is ever decoded: kombu would happily unpickle an ``application/x-python-serialize``
+body, which runs whatever code the sender chose, so `decode` takes the raw body and its
+content type and refuses everything that is not JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+VERSION = "2.0"
+VERSION_KEY = "oslo.version"
+MESSAGE_KEY = "oslo.message"
+CONTEXT_PREFIX = "_context_"
+JSON_CONTENT_TYPE = "application/json"
+# oslo strips this from a re-raised remote exception so the next caller can rebuild it.
+_REMOTE_POSTFIX = "_Remote"
+_SHOWN_CHARS = 80
+
+
+class WireError(Exception):
+    """A message we cannot read; the message is one line naming why."""
+
+
+def _show(value: object) -> str:
+    """A short one-line repr of an untrusted value, for error messages."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def encode(message: Mapping[str, Any]) -> dict[str, str]:
+    """The envelope for `message`; kombu serializes it as the application/json body."""
+    return {VERSION_KEY: VERSION, MESSAGE_KEY: json.dumps(message)}
+
+
+def decode(body: bytes | str | dict, content_type: str | None, max_size: int) -> dict[str, Any]:
+    """The inner message of an AMQP body, or WireError.
+
+    A missing content type is accepted when the body is JSON (some publishers omit it).
+    An object without envelope keys is returned as is, as oslo does for pre-envelope
+    messages; an object with only one of the two envelope keys is refused.
+    """
+    _check_content_type(content_type)
+    outer = _load_object(body, max_size, "body")
+    if VERSION_KEY not in outer and MESSAGE_KEY not in outer:
+        return outer
+    version = outer.get(VERSION_KEY)
+    if version != VERSION:
+        raise WireError(f"unsupported {VERSION_KEY} {_show(version)} (only {VERSION!r})")
+    inner = outer.get(MESSAGE_KEY)
+    if not isinstance(inner, str):
+        raise WireError(f"{MESSAGE_KEY} must be a JSON string, got {type(inner).__name__}")
+    return _load_object(inner, max_size, MESSAGE_KEY)
+
+
+def _check_content_type(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type not in ("", JSON_CONTENT_TYPE):
+        raise WireError(f"refusing content type {_show(content_type)}: only {JSON_CONTENT_TYPE}")
+
+
+def _load_object(data: bytes | str | dict, max_size: int, what: str) -> dict[str, Any]:
+    size = _size(data)
+    if size > max_size:
+        raise WireError(f"{what} is {size} bytes, more than the limit of {max_size}")
+    loaded = data if isinstance(data, dict) else _parse_json(data, what)
+    if not isinstance(loaded, dict):
+        raise WireError(f"{what} is a JSON {type(loaded).__name__}, not an object")
+    return loaded
+
+
+def _size(data: bytes | str | dict) -> int:
+    if isinstance(data, dict):
+        # Already parsed by someone else: measure what it was on the wire.
+        return len(json.dumps(data).encode())
+    return len(data.encode() if isinstance(data, str) else data)
+
+
+def _parse_json(data: bytes | str, what: str) -> object:
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise WireError(f"{what} is JSON nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise WireError(f"{what} is not valid JSON: {error}") from None
+
+
+def new_unique_id() -> str:
+    return uuid.uuid4().hex
+
+
+def pack_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The context as message entries, one ``_context_<key>`` per key."""
+    return {f"{CONTEXT_PREFIX}{key}": value for key, value in context.items()}
+
+
+def unpack_context(message: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(context, the rest of the message), without changing `message`.
+
+    Unlike oslo, which also moves ``_msg_id``, ``_reply_q`` and ``_timeout`` into its
+    context object, those stay in the rest, where the transport reads them.
+    """
+    context: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in message.items():
+        if key.startswith(CONTEXT_PREFIX):
+            context[key[len(CONTEXT_PREFIX) :]] = value
+        else:
+            rest[key] = value
+    return context, rest
+
+
+def reply(msg_id: str, result: Any = None, failure: str | None = None) -> dict[str, Any]:
+    """The single reply to a call, as oslo.messaging sends it (``ending`` true)."""
+    return {
+        "result": result,
+        "failure": failure,
+        "ending": True,
+        "_msg_id": msg_id,
+        "_unique_id": new_unique_id(),
+    }
+
+
+def serialize_failure(error: BaseException) -> str:
+    """The JSON string oslo puts in a reply's ``failure``.
+
+    ``tb`` is `traceback.format_exception` output (chunks ending in a newline), as oslo
+    sends it. oslo rebuilds the exception from ``args`` and ``kwargs`` when the module is
+    one the caller allows, so they are kept, made JSON-safe value by value.
+    """
+    cls = type(error)
+    name, module = cls.__name__, cls.__module__
+    if name.endswith(_REMOTE_POSTFIX) and module.endswith(_REMOTE_POSTFIX):
+        name, module = name[: -len(_REMOTE_POSTFIX)], module[: -len(_REMOTE_POSTFIX)]
+    kwargs = getattr(error, "kwargs", None)
+    return json.dumps(
+        {
+            "class": name,
+            "module": module,
+            "message": _safe_str(error),
+            "tb": traceback.format_exception(error),
+            "args": [_json_safe(arg) for arg in error.args],
+            "kwargs": (
+                {_safe_str(k): _json_safe(v) for k, v in kwargs.items()}
+                if isinstance(kwargs, Mapping)
+                else {}
+            ),
+        }
+    )
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__} object>"
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` as JSON would carry it; objects JSON cannot take become their str()."""
+    try:
+        return json.loads(json.dumps(value, default=_safe_str))
+    except (TypeError, ValueError, RecursionError):  # non-str keys, cycles, deep nesting
+        return _safe_str(value)
+
+
+class RemoteError(Exception):
+    """An exception raised by the remote endpoint of a call, as oslo names its parts."""
+
+    def __init__(
+        self, exc_type: str | None = None, value: str | None = None, traceback: str | None = None
+    ) -> None:
+        super().__init__(exc_type, value, traceback)
+        self.exc_type = exc_type
+        self.value = value
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"Remote error: {self.exc_type} {self.value}\n{self.traceback}"
+
+
+def deserialize_failure(data: str) -> RemoteError:
+    """The RemoteError a reply's ``failure`` describes; never raises.
+
+    Unreadable data gives a RemoteError with no type whose value is the data itself.
+    """
+    text = data.decode(errors="replace") if isinstance(data, bytes) else _safe_str(data)
+    try:
+        failure = json.loads(text)
+    except (ValueError, RecursionError):
+        failure = None
+    if not isinstance(failure, dict):
+        return RemoteError(None, text, "")
+    name = failure.get("class")
+    return RemoteError(
+        None if name is None else _safe_str(name),
+        _text(failure.get("message")),
+        _traceback_text(failure.get("tb")),
+    )
+
+
+def _traceback_text(tb: object) -> str:
+    if isinstance(tb, list):
+        return "\n".join(_text(chunk).rstrip("\n") for chunk in tb)
+    return _text(tb)
+
+
+def _text(value: object) -> str:
+    return "" if value is None else _safe_str(value)
