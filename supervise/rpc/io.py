@@ -97,8 +97,12 @@ class ConnectionThread:
                 self.connected.set()
                 self._pump(conn)
             except (*conn.connection_errors, *conn.channel_errors, OSError) as error:
-                self.connected.clear()
                 self._begin_outage(f"lost the connection: {_describe(error)}")
+            except Exception as error:
+                # A bug, not an outage; but dying here would leave the worker deaf for good.
+                LOG.exception("unexpected error on the I/O thread: reconnecting")
+                self._begin_outage(f"unexpected error: {_describe(error)}")
+                self._stopping.wait(RETRY_START)
             finally:
                 self.connected.clear()
                 with contextlib.suppress(Exception):

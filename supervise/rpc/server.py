@@ -252,7 +252,7 @@ class RPCServer:
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             headers={**(message.headers or {}), REDELIVERIES_HEADER: count},
-            expiration=message.properties.get("expiration"),
+            expiration=_expiration_seconds(message),
         )
 
     def _dead_letter(self, message: kombu.message.Message, inner: dict, count: int) -> None:
@@ -326,3 +326,11 @@ def _reply_to(inner: dict, result: Any, failure: str | None) -> tuple[str, dict]
 def _redeliveries(message: kombu.message.Message) -> int:
     count = (message.headers or {}).get(REDELIVERIES_HEADER, 0)
     return count if isinstance(count, int) and count >= 0 else 0
+
+
+def _expiration_seconds(message: kombu.message.Message) -> float | None:
+    """The AMQP expiration property (milliseconds, as text) in kombu's unit, seconds."""
+    try:
+        return int(message.properties["expiration"]) / 1000
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -40,13 +40,15 @@ class EchoEndpoint:
 
 
 class EchoService:
+    endpoint_class: type = EchoEndpoint
+
     def __init__(self, context: WorkerContext):
         conf = context.conf
         target = Target(topic=conf.topic or TOPIC, server=conf.host)
         self.server = RPCServer(
             conf.transport_url,
             target,
-            [EchoEndpoint(), BaseAPI("echo")],
+            [self.endpoint_class(), BaseAPI("echo")],
             ServerOptions.from_config(conf),
         )
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 import psutil
 import pytest
 
+from supervise.rpc.client import Messenger
 from tests.functional.services import EVENTS_DIR_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,15 +132,13 @@ class Supervisor:
         return alive
 
     def wait_ready(self, count: int, timeout: float = 15.0) -> set[int]:
-        """Wait for READY=1 and `count` live workers that have finished starting."""
+        """Wait for READY=1 and `count` live workers; return their pids."""
         wait_until(lambda: self.notify.with_key("READY"), timeout, "READY=1")
-
-        def started_and_alive() -> set[int] | None:
-            alive = self.worker_pids()
-            started = {e.pid for e in self.events("started")} & alive
-            return started if len(alive) == count and len(started) == count else None
-
-        return wait_until(started_and_alive, timeout, f"{count} started workers")
+        return wait_until(
+            lambda: len(pids := self.worker_pids()) == count and pids,
+            timeout,
+            f"{count} live workers",
+        )
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
@@ -162,6 +161,45 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self.notify.close()
+
+
+def rabbitmqctl(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60
+        )
+    except FileNotFoundError:
+        pytest.fail("rabbitmqctl not found: run `bash scripts/start-rabbitmq` first")
+    if done.returncode != 0:
+        pytest.fail(
+            f"rabbitmqctl {' '.join(args)} failed (is RabbitMQ running? "
+            f"`bash scripts/start-rabbitmq`): {done.stderr.strip()}"
+        )
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test session's own, deleted at its end."""
+    vhost = f"supervise-test-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"rabbit://guest:guest@localhost:5672/{vhost}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def messenger(rabbit_url: str) -> Iterator[Messenger]:
+    messenger = Messenger(rabbit_url)
+    yield messenger
+    messenger.close()
 
 
 @pytest.fixture

@@ -8,9 +8,12 @@ change how the *next* generation behaves while the master runs.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
+
+from supervise.services.echo import EchoEndpoint, EchoService
 
 EVENTS_DIR_VARIABLE = "TEST_EVENTS_DIR"
 
@@ -99,3 +102,26 @@ class CotyledonWithoutReload:
 
     def terminate(self) -> None:
         record("stopping", self.worker_id, 0)
+
+
+class TestEndpoint(EchoEndpoint):
+    def die(self, context: dict) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def context(self, context: dict) -> dict:
+        return context
+
+    def fail(self, context: dict, message: str) -> None:
+        raise ValueError(message)
+
+    def unserializable(self, context: dict) -> object:
+        return object()
+
+    def _private(self, context: dict) -> str:
+        return "never callable"
+
+
+class RPCTestService(EchoService):
+    """The echo service plus methods that die, fail and misbehave, for the RPC tests."""
+
+    endpoint_class = TestEndpoint

@@ -1,0 +1,120 @@
+"""RPC through a real RabbitMQ to workers under a real master."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from supervise.rpc import wire
+from supervise.rpc.client import BrokerUnreachable, Messenger, RPCClient
+from supervise.rpc.dispatcher import Target
+from tests.functional.conftest import wait_until
+
+SERVICE = "tests.functional.services:RPCTestService"
+
+
+@pytest.fixture
+def serve(supervise, rabbit_url, topic):
+    """Start `workers` RPC test workers on the test's topic; returns the Supervisor."""
+
+    def start(workers: int = 2, *args: str, host: str = "hosta"):
+        sup = supervise(
+            SERVICE,
+            "--workers", str(workers),
+            "--transport-url", rabbit_url,
+            "--topic", topic,
+            "--host", host,
+            "--heartbeat-interval", "0.5",
+            *args,
+        )  # fmt: skip
+        sup.wait_ready(workers)
+        return sup
+
+    return start
+
+
+@pytest.fixture
+def client(messenger, topic):
+    return RPCClient(messenger, Target(topic=topic), timeout=10)
+
+
+def test_call_cast_and_ping(serve, client):
+    serve(2)
+    assert client.call({}, "echo", payload={"a": [1, 2]}) == {"a": [1, 2]}
+    ping = client.prepare(namespace="baseapi", version="1.1").call({}, "ping", arg="x")
+    assert ping == {"service": "echo", "arg": "x"}
+    client.cast({}, "echo", payload=1)
+    assert client.call({"user": "u1", "roles": ["admin"]}, "context") == {
+        "user": "u1",
+        "roles": ["admin"],
+    }
+
+
+def test_calls_spread_over_workers_and_server_targeting(serve, client):
+    sup = serve(2, host="hosta")
+    pids = {client.call({}, "pid") for _ in range(40)}
+    assert pids == sup.worker_pids()
+    assert client.prepare(server="hosta").call({}, "pid") in pids
+    with pytest.raises(Exception, match="no reply"):
+        client.prepare(server="nohost", timeout=0.5).call({}, "pid")
+
+
+def test_fanout_reaches_every_worker(serve, client, topic):
+    sup = serve(3)
+    client.prepare(fanout=True).cast({}, "fail", message="fanout-marker")
+    wait_until(
+        lambda: sup.log().count("fanout-marker") == 3, what="the fanout cast in all 3 workers"
+    )
+
+
+def test_remote_error_carries_class_message_and_traceback(serve, client):
+    serve(1)
+    with pytest.raises(wire.RemoteError) as error:
+        client.call({}, "fail", message="boom")
+    assert error.value.exc_type == "ValueError"
+    assert error.value.value == "boom"
+    assert "raise ValueError(message)" in error.value.traceback
+
+
+def test_killed_worker_calls_are_answered_by_another(serve, client):
+    sup = serve(2)
+    victim = client.call({}, "pid")
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(client.call, {}, "sleep", ms=400) for _ in range(16)]
+        time.sleep(0.1)  # let the calls reach the workers
+        os.kill(victim, signal.SIGKILL)
+        results = [f.result(timeout=30) for f in futures]
+    assert results == [400] * 16
+    assert f"Child {victim} killed by signal 9" in sup.log()
+
+
+def test_poison_message_is_dead_lettered_and_the_loop_ends(serve, client, rabbit_url):
+    sup = serve(2, "--max-redeliveries", "2", "--max-restarts", "10")
+    with pytest.raises(wire.RemoteError) as error:
+        client.prepare(timeout=30).call({}, "die")
+    assert error.value.exc_type == "DeadLettered"
+    assert "moving it to queue supervise_dead_letter" in sup.log()
+    # the workers serve on, and the message waits in the dead-letter queue
+    assert client.call({}, "echo", payload=1) == 1
+    assert sup.process.poll() is None
+    deaths = sup.log().count("killed by signal 9")
+    assert deaths == 3, deaths  # the first delivery and two redeliveries
+
+
+def test_client_with_no_broker_fails_clearly_within_its_timeout(topic):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    messenger = Messenger(f"rabbit://guest:guest@127.0.0.1:{port}/")
+    try:
+        began = time.monotonic()
+        with pytest.raises(BrokerUnreachable, match="cannot reach the broker"):
+            RPCClient(messenger, Target(topic=topic), timeout=1.5).call({}, "echo", payload=1)
+        assert time.monotonic() - began < 3
+    finally:
+        messenger.close()
