@@ -22,7 +22,8 @@ from typing import TypeVar
 import psutil
 import pytest
 
-from supervise.rpc.client import Messenger
+from supervise.rpc.client import Messenger, RPCClient
+from supervise.rpc.dispatcher import Target
 from tests.functional.services import EVENTS_DIR_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,3 +220,31 @@ def supervise(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
         supervisor.cleanup()
     for supervisor in started:
         wait_until(lambda s=supervisor: not s.group_processes(), 10, "no process left behind")
+
+
+RPC_SERVICE = "tests.functional.services:RPCTestService"
+
+
+@pytest.fixture
+def serve(supervise, rabbit_url, topic):
+    """Start `workers` RPC test workers on the test's topic; returns the Supervisor."""
+
+    def start(workers: int = 2, *args: str, host: str = "hosta"):
+        sup = supervise(
+            RPC_SERVICE,
+            "--workers", str(workers),
+            "--transport-url", rabbit_url,
+            "--topic", topic,
+            "--host", host,
+            "--heartbeat-interval", "0.5",
+            *args,
+        )  # fmt: skip
+        sup.wait_ready(workers)
+        return sup
+
+    return start
+
+
+@pytest.fixture
+def client(messenger, topic):
+    return RPCClient(messenger, Target(topic=topic), timeout=10)

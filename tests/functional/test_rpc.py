@@ -15,33 +15,6 @@ from supervise.rpc.client import BrokerUnreachable, Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
 from tests.functional.conftest import wait_until
 
-SERVICE = "tests.functional.services:RPCTestService"
-
-
-@pytest.fixture
-def serve(supervise, rabbit_url, topic):
-    """Start `workers` RPC test workers on the test's topic; returns the Supervisor."""
-
-    def start(workers: int = 2, *args: str, host: str = "hosta"):
-        sup = supervise(
-            SERVICE,
-            "--workers", str(workers),
-            "--transport-url", rabbit_url,
-            "--topic", topic,
-            "--host", host,
-            "--heartbeat-interval", "0.5",
-            *args,
-        )  # fmt: skip
-        sup.wait_ready(workers)
-        return sup
-
-    return start
-
-
-@pytest.fixture
-def client(messenger, topic):
-    return RPCClient(messenger, Target(topic=topic), timeout=10)
-
 
 def test_call_cast_and_ping(serve, client):
     serve(2)
