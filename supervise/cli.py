@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from supervise import config, hosted, logs, master
 from supervise.config import ConfigError
-from supervise.rpc.broker import BadTransportURL
+from supervise.rpc.transport_url import BadTransportURL
 from supervise.systemd import Notifier
 
 SUBCOMMANDS = ("run", "call")
@@ -71,7 +71,9 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     call.add_argument("--namespace", help="endpoint namespace")
     call.add_argument("--api-version", dest="api_version", help="requested API version")
     call.add_argument("--timeout", metavar="S", help="seconds to wait for the reply")
-    _add_config_options(call, ["transport_url", "control_exchange", "log_level"])
+    _add_config_options(
+        call, ["transport_url", "control_exchange", "publisher_confirms", "log_level"]
+    )
     return parser, run
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervise.cgroup import available_cpus
+from supervise.rpc.transport_url import BadTransportURL, kombu_urls
 
 ENV_PREFIX = "SUPERVISE_"
 SECTION = "supervise"
@@ -82,6 +83,14 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _transport_url(text: str) -> str:
+    try:
+        kombu_urls(text)
+    except BadTransportURL as error:
+        raise ValueError(str(error)) from None
+    return text
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -139,7 +148,7 @@ class Config:
     )
     transport_url: str = _option(
         "rabbit://guest:guest@localhost:5672/",
-        _text,
+        _transport_url,
         "message broker, oslo style: rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost",
     )
     control_exchange: str = _option("openstack", _text, "topic exchange of RPC messages")
@@ -153,6 +162,9 @@ class Config:
     )
     max_redeliveries: int = _option(
         3, _non_negative_int, "deliveries that may die with a message before it is dead-lettered"
+    )
+    publisher_confirms: bool = _option(
+        False, _boolean, "wait for the broker to confirm each publish", flag="store_true"
     )
     heartbeat_timeout_threshold: float = _option(
         60.0, _seconds, "AMQP heartbeat timeout in seconds; 0 disables heartbeats"

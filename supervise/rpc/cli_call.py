@@ -38,7 +38,9 @@ def _arguments(namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(namespace: argparse.Namespace, conf: Config) -> int:
-    logging.basicConfig(level=conf.log_level, format="supervise: %(levelname)s %(message)s")
+    # The outcome is printed; the client's own log lines are noise unless asked for.
+    level = conf.log_level if hasattr(namespace, "log_level") else "ERROR"
+    logging.basicConfig(level=level, format="supervise: %(levelname)s %(message)s")
     arguments = _arguments(namespace)
     timeout = (
         conf.rpc_response_timeout
@@ -54,7 +56,7 @@ def main(namespace: argparse.Namespace, conf: Config) -> int:
         namespace=namespace.namespace,
         version=namespace.api_version,
     )
-    messenger = Messenger(conf.transport_url)
+    messenger = Messenger(conf.transport_url, publisher_confirms=conf.publisher_confirms)
     client = RPCClient(messenger, target, timeout=timeout, exchange=conf.control_exchange)
     try:
         if namespace.cast:

@@ -19,10 +19,11 @@ from typing import Any
 import kombu
 import kombu.message
 
-from supervise.rpc import broker, wire
+from supervise.rpc import wire
 from supervise.rpc.dispatcher import Target
 from supervise.rpc.io import ConnectionLost, ConnectionThread
 from supervise.rpc.server import fanout_exchange, topic_exchange
+from supervise.rpc.transport_url import mask
 
 LOG = logging.getLogger(__name__)
 
@@ -40,14 +41,20 @@ class BrokerUnreachable(Exception):
 class Messenger:
     """The connection and reply queue that a process's clients share."""
 
-    def __init__(self, transport_url: str, *, heartbeat: float = 60.0):
+    def __init__(
+        self, transport_url: str, *, heartbeat: float = 60.0, publisher_confirms: bool = False
+    ):
         self.transport_url = transport_url
         self.reply_queue = f"reply_{uuid.uuid4().hex}"
         self._waiting: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._producer: kombu.Producer | None = None
         self._io = ConnectionThread(
-            transport_url, name="rpc-client-io", heartbeat=heartbeat, on_connect=self._setup
+            transport_url,
+            name="rpc-client-io",
+            heartbeat=heartbeat,
+            on_connect=self._setup,
+            publisher_confirms=publisher_confirms,
         )
         self._io.start()
 
@@ -82,7 +89,7 @@ class Messenger:
         """Publish from the I/O thread; raise BrokerUnreachable if it is not connected in time."""
         if not self._io.connected.wait(timeout):
             raise BrokerUnreachable(
-                f"cannot reach the broker at {broker.mask(self.transport_url)}"
+                f"cannot reach the broker at {mask(self.transport_url)}"
                 + (f": {self._io.last_error}" if self._io.last_error else "")
             )
         body = wire.encode(message)

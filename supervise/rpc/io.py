@@ -22,7 +22,7 @@ from typing import Any
 
 import kombu
 
-from supervise.rpc import broker
+from supervise.rpc.transport_url import kombu_urls, mask
 from supervise.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ LOG = logging.getLogger(__name__)
 RETRY_START = 1.0
 RETRY_STEP = 2.0
 RETRY_MAX = 30.0
+CONNECT_TIMEOUT = 5.0
 
 Task = Callable[[kombu.Connection], Any]
 
@@ -50,9 +51,11 @@ class ConnectionThread:
         name: str,
         heartbeat: float,
         on_connect: Callable[[kombu.Connection], None],
+        publisher_confirms: bool = False,
     ):
         self.transport_url = transport_url
         self.heartbeat = heartbeat
+        self.publisher_confirms = publisher_confirms
         self.connected = threading.Event()
         self.last_error: str | None = None
         self._on_connect = on_connect
@@ -111,7 +114,13 @@ class ConnectionThread:
         self._wakeup.close()
 
     def _connect(self) -> kombu.Connection | None:
-        conn = broker.connection(self.transport_url, heartbeat=self.heartbeat)
+        conn = kombu.Connection(
+            kombu_urls(self.transport_url),
+            heartbeat=self.heartbeat,
+            connect_timeout=CONNECT_TIMEOUT,
+            failover_strategy="round-robin",
+            transport_options={"confirm_publish": self.publisher_confirms},
+        )
         try:
             conn.ensure_connection(
                 errback=self._on_connect_error,
@@ -138,14 +147,14 @@ class ConnectionThread:
         self.last_error = what
         if self._outage_began is None:
             self._outage_began = time.monotonic()
-            LOG.warning("broker %s: %s", broker.mask(self.transport_url), what)
+            LOG.warning("broker %s: %s", mask(self.transport_url), what)
         self._fail_pending(ConnectionLost(what))
 
     def _end_outage(self) -> None:
         if self._outage_began is not None:
             LOG.warning(
                 "broker %s: connected again after %.1f s",
-                broker.mask(self.transport_url),
+                mask(self.transport_url),
                 time.monotonic() - self._outage_began,
             )
             self._outage_began = None

@@ -56,6 +56,7 @@ class ServerOptions:
     max_message_size: int = 16 << 20
     max_redeliveries: int = 3
     heartbeat: float = 60.0
+    publisher_confirms: bool = False
 
     @classmethod
     def from_config(cls, conf: Config) -> ServerOptions:
@@ -65,6 +66,7 @@ class ServerOptions:
             max_message_size=conf.max_message_size,
             max_redeliveries=conf.max_redeliveries,
             heartbeat=conf.heartbeat_timeout_threshold,
+            publisher_confirms=conf.publisher_confirms,
         )
 
 
@@ -115,6 +117,7 @@ class RPCServer:
             name="rpc-server-io",
             heartbeat=options.heartbeat,
             on_connect=self._consume,
+            publisher_confirms=options.publisher_confirms,
         )
         self._fanout_queue = f"{target.topic}_fanout_{uuid.uuid4().hex}"
         self._recent = RecentReplies()

@@ -134,7 +134,7 @@ def test_bad_input(
 
 def test_bad_value_in_config_file(tmp_path: Path) -> None:
     path = tmp_path / "supervise.conf"
-    path.write_text("[DEFAULT]\ntransport_url = rabbit://\n[supervise]\nworkers = 0\n")
+    path.write_text("[DEFAULT]\ntransport_url = rabbit://u:p@h:5672/\n[supervise]\nworkers = 0\n")
     result = supervise(["--config-file", str(path), "idle"], tmp_path)
     assert_usage_error(result, str(path), "workers")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -91,3 +93,55 @@ def test_client_with_no_broker_fails_clearly_within_its_timeout(topic):
         assert time.monotonic() - began < 3
     finally:
         messenger.close()
+
+
+def test_failover_to_the_next_host_of_the_url(supervise, rabbit_url, topic, messenger):
+    vhost = rabbit_url.rsplit("/", 1)[1]
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead_port = unused.getsockname()[1]
+    url = f"rabbit://guest:guest@127.0.0.1:{dead_port},guest:guest@localhost:5672/{vhost}"
+    sup = supervise(
+        "tests.functional.services:RPCTestService",
+        "--workers", "1", "--transport-url", url, "--topic", topic, "--publisher-confirms",
+    )  # fmt: skip
+    sup.wait_ready(1)
+    assert RPCClient(messenger, Target(topic=topic), timeout=10).call({}, "echo", payload=3) == 3
+    assert "guest:guest" not in sup.log()
+
+
+def test_amqp_heartbeats_flow_during_a_long_handler(serve, client):
+    sup = serve(1, "--heartbeat-timeout-threshold", "2")
+    assert client.prepare(timeout=20).call({}, "sleep", ms=7000) == 7000
+    assert "lost the connection" not in sup.log()
+
+
+def run_call(rabbit_url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "supervise", "call", "--transport-url", rabbit_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_call_command_prints_json_and_exits_1_on_errors(serve, rabbit_url, topic):
+    serve(1)
+    done = run_call(rabbit_url, topic, "echo", 'payload={"k": [1, "x"]}')
+    assert (done.returncode, done.stdout, done.stderr) == (0, '{"k": [1, "x"]}\n', "")
+    done = run_call(rabbit_url, "--json", '{"message": "bad"}', topic, "fail")
+    assert done.returncode == 1
+    assert done.stderr == "supervise: remote error: ValueError: bad\n"
+    done = run_call(rabbit_url, "--timeout", "0.5", topic, "sleep", "ms=3000")
+    assert done.returncode == 1
+    assert done.stderr == f"supervise: no reply to 'sleep' on topic '{topic}' within 0.5 s\n"
+    done = run_call(rabbit_url, "--cast", topic, "echo", "payload=1")
+    assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_call_command_with_no_broker_says_so(topic):
+    done = run_call("rabbit://guest:secret@127.0.0.1:1/", "--timeout", "1", topic, "echo")
+    assert done.returncode == 1
+    assert done.stderr.startswith("supervise: cannot reach the broker at ")
+    assert "secret" not in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1

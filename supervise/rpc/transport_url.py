@@ -1,4 +1,4 @@
-"""Broker addresses: oslo-style transport URLs turned into kombu connections.
+"""Broker addresses: oslo-style transport URLs turned into kombu URLs.
 
 oslo.messaging writes several hosts in one URL, ``rabbit://u:p@h1:5672,u:p@h2:5672/vhost``;
 kombu wants one URL per host, tried in turn (failover). Passwords never reach a log line:
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 from urllib.parse import quote, unquote, urlsplit
-
-import kombu
 
 SCHEMES = {"rabbit": "amqp", "amqp": "amqp"}
 DEFAULT_PORT = 5672
@@ -46,15 +44,3 @@ def kombu_urls(transport_url: str) -> list[str]:
         login = f"{user}:{password}@" if user else ""
         urls.append(f"{scheme}://{login}{address}/{quote(virtual_host, safe='')}")
     return urls
-
-
-def connection(
-    transport_url: str, *, heartbeat: float, connect_timeout: float = 5.0
-) -> kombu.Connection:
-    """A kombu Connection (not yet connected) that fails over across the URL's hosts."""
-    return kombu.Connection(
-        kombu_urls(transport_url),
-        heartbeat=heartbeat,
-        connect_timeout=connect_timeout,
-        failover_strategy="round-robin",
-    )
