@@ -14,6 +14,7 @@ content type and refuses everything that is not JSON.
 
 from __future__ import annotations
 
+import datetime
 import json
 import traceback
 import uuid
@@ -42,7 +43,19 @@ def _show(value: object) -> str:
 
 def encode(message: Mapping[str, Any]) -> dict[str, str]:
     """The envelope for `message`; kombu serializes it as the application/json body."""
-    return {VERSION_KEY: VERSION, MESSAGE_KEY: json.dumps(message)}
+    return {VERSION_KEY: VERSION, MESSAGE_KEY: json.dumps(message, default=_primitive)}
+
+
+def _primitive(value: Any) -> Any:
+    """The few types oslo's to_primitive also turns into JSON: times as ISO 8601 text, sets
+    as lists, UUIDs as text. Anything else is an error the caller turns into a failure."""
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def decode(body: bytes | str | dict, content_type: str | None, max_size: int) -> dict[str, Any]:

@@ -538,3 +538,15 @@ def test_we_read_oslos_reply(oslo):
     decoded = wire.decode(body, "application/json", MAX)
     assert decoded == message
     assert wire.deserialize_failure(decoded["failure"]).exc_type == "KeyError"
+
+
+def test_encode_turns_times_sets_and_uuids_into_json_as_oslo_does():
+    import datetime
+    import uuid
+
+    stamp = datetime.datetime(2024, 1, 2, 3, 4, 5, 6)
+    ident = uuid.UUID(int=1)
+    inner = json.loads(wire.encode({"t": stamp, "s": {1}, "u": ident})["oslo.message"])
+    assert inner == {"t": "2024-01-02T03:04:05.000006", "s": [1], "u": str(ident)}
+    with pytest.raises(TypeError):
+        wire.encode({"o": object()})
