@@ -41,6 +41,7 @@ EXIT_CRASH_LOOP = 3
 EXIT_UNCLEAN_STOP = 4
 
 FAST_STOP_GRACE = 2.0
+NOTIFY_RETRY = 1.0
 STALE_HEARTBEATS = 3
 
 HANDLED_SIGNALS = (
@@ -121,6 +122,7 @@ class Master:
         self.ready_announced = False
         self.ever_ready = False
         self.status_text = ""
+        self.notify_retry_at: float | None = None
         self.oom_kills = cgroup.oom_kill_count()
         self.signals: list[int] = []
         self.selector = selectors.DefaultSelector()
@@ -174,6 +176,8 @@ class Master:
             deadlines.append(self.stop_deadline)
         if self.next_watchdog is not None:
             deadlines.append(self.next_watchdog)
+        if self.notify_retry_at is not None:
+            deadlines.append(self.notify_retry_at)
         return min(deadlines, default=None)
 
     @staticmethod
@@ -443,6 +447,8 @@ class Master:
         if self.stop_deadline is not None and self.stop_deadline <= now:
             self.stop_deadline = None
             self._kill_remaining()
+        if self.notify_retry_at is not None and self.notify_retry_at <= now:
+            self.notify_retry_at = None
         if self.next_watchdog is not None and self.next_watchdog <= now:
             if self._workers_healthy(now):
                 self.notifier.watchdog()
@@ -606,16 +612,24 @@ class Master:
     # ----- systemd status ---------------------------------------------------------------
 
     def _update_status(self) -> None:
-        if self.phase is not Phase.RUNNING:
+        """Send READY=1 once every slot is ready (again, after a reload) and STATUS on every
+        change; a message the receiver dropped is sent again a little later."""
+        if self.phase is not Phase.RUNNING or self.notify_retry_at is not None:
             return
         ready = sum(1 for s in self.slots if s.worker is not None and s.worker.ready)
         text = f"{ready}/{len(self.slots)} workers ready, generation {self.generation}"
-        all_ready = ready == len(self.slots) and self.reload is None
-        if all_ready and not self.ready_announced:
-            self.ready_announced = True
-            self.status_text = text
-            LOG.info("all %d workers ready", ready)
-            self.notifier.ready(text)
+        if self.reload is not None:
+            text += f", reloading to generation {self.reload.generation}"
+        if ready == len(self.slots) and self.reload is None and not self.ready_announced:
+            sent = self.notifier.ready(text)
+            if sent:
+                self.ready_announced = True
+                LOG.info("all %d workers ready", ready)
         elif text != self.status_text:
+            sent = self.notifier.status(text)
+        else:
+            return
+        if sent:
             self.status_text = text
-            self.notifier.status(text)
+        else:
+            self.notify_retry_at = time.monotonic() + NOTIFY_RETRY

@@ -52,23 +52,23 @@ class Notifier:
             return cls()
         return cls(address, _watchdog_interval(watchdog_usec, watchdog_pid))
 
-    def ready(self, status: str | None = None) -> None:
-        self._send({"READY": "1"}, status)
+    def ready(self, status: str | None = None) -> bool:
+        return self._send({"READY": "1"}, status)
 
-    def reloading(self, status: str | None = None) -> None:
+    def reloading(self, status: str | None = None) -> bool:
         """RELOADING=1 with the time the reload started: systemd 253+ uses MONOTONIC_USEC to
         synchronize reload cycles; older versions ignore it."""
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self._send({"RELOADING": "1", "MONOTONIC_USEC": str(now_usec)}, status)
+        return self._send({"RELOADING": "1", "MONOTONIC_USEC": str(now_usec)}, status)
 
-    def stopping(self, status: str | None = None) -> None:
-        self._send({"STOPPING": "1"}, status)
+    def stopping(self, status: str | None = None) -> bool:
+        return self._send({"STOPPING": "1"}, status)
 
-    def status(self, text: str) -> None:
-        self._send({}, text)
+    def status(self, text: str) -> bool:
+        return self._send({}, text)
 
-    def watchdog(self) -> None:
-        self._send({"WATCHDOG": "1"}, None)
+    def watchdog(self) -> bool:
+        return self._send({"WATCHDOG": "1"}, None)
 
     def close(self) -> None:
         """Closes the socket, e.g. in a freshly forked worker; a later send reopens it."""
@@ -76,9 +76,10 @@ class Notifier:
             self._socket.close()
             self._socket = None
 
-    def _send(self, fields: dict[str, str], status: str | None) -> None:
+    def _send(self, fields: dict[str, str], status: str | None) -> bool:
+        """False when the message could not be sent (e.g. the receiver's queue is full)."""
         if not self.enabled:
-            return
+            return True
         if status is not None:
             fields = {**fields, "STATUS": _one_line(status)}
         message = "\n".join(f"{key}={value}" for key, value in fields.items())
@@ -91,6 +92,8 @@ class Notifier:
             )
         except OSError as error:
             self._log_once(error)
+            return False
+        return True
 
     def _log_once(self, error: OSError) -> None:
         """Logs the first error of each kind: a notifier that fails once usually keeps

@@ -208,9 +208,16 @@ def supervise(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
     """Start a master: ``supervise("tests.functional.services:Recorder", "--workers", "4")``."""
     started: list[Supervisor] = []
 
-    def start(service: str, *args: str, env: dict[str, str] | None = None) -> Supervisor:
+    def start(
+        service: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        behaviours: dict[str, str] | None = None,
+    ) -> Supervisor:
         workdir = tmp_path / f"run{len(started)}"
         workdir.mkdir()
+        for name, value in (behaviours or {}).items():
+            (workdir / name).write_text(value)
         supervisor = Supervisor(workdir, service, list(args), env or {})
         started.append(supervisor)
         return supervisor

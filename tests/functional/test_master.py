@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import time
@@ -146,23 +145,19 @@ def test_reload_to_a_generation_that_fails_keeps_the_old_workers(supervise):
 
 def test_crash_loop_backs_off_then_exits_with_the_crash_loop_status(supervise):
     sup = supervise(
-        RECORDER,
-        "--workers",
-        "1",
-        "--max-restarts",
-        "4",
-        "--restart-backoff",
-        "0.1",
-        "--heartbeat-interval",
-        "0.5",
-    )
-    sup.behave("fail-start")
+        RECORDER, "--workers", "1", "--max-restarts", "4", "--restart-backoff", "0.2",
+        "--heartbeat-interval", "0.5", behaviours={"fail-start": ""},
+    )  # fmt: skip
     assert sup.wait_exit(timeout=20) == 3
-    attempts = [e.time for e in sup.events("starting")]
-    assert len(attempts) == 5  # the first start and four restarts; the fifth exit gives up
-    gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert gaps[2] > gaps[1] * 1.5 and gaps[3] > gaps[2] * 1.5, gaps
-    assert gaps[1] >= 0.1, gaps
+    failed = [e.time for e in sup.events("failed")]
+    starting = [e.time for e in sup.events("starting")]
+    assert len(starting) == len(failed) == 5  # a start and four restarts; exit 5 gives up
+    # from one failure to the next start: the back-off, plus the time to reap and fork
+    delays = [start - fail for fail, start in zip(failed, starting[1:], strict=False)]
+    assert delays[0] < 0.2, delays  # the first crash of a healthy slot respawns at once
+    for delay, backoff in zip(delays[1:], (0.2, 0.4, 0.8), strict=True):
+        assert backoff <= delay < backoff * 1.25 + 0.5, delays
+    assert delays[1] < delays[2] < delays[3], delays
     assert not sup.notify.with_key("READY"), "READY=1 sent although no worker ever started"
 
 
@@ -183,8 +178,7 @@ def test_ttin_and_ttou_add_and_remove_a_worker(supervise):
 
 
 def test_ready_is_sent_only_after_every_worker_started(supervise):
-    sup = supervise(RECORDER, "--workers", "4", *FAST)
-    sup.behave("start-delay", "0.3")
+    sup = supervise(RECORDER, "--workers", "4", *FAST, behaviours={"start-delay": "0.3"})
     ready_at = wait_until(lambda: sup.notify.with_key("READY"), what="READY=1")[0][0]
     started = sup.events("started")
     assert len(started) == 4
@@ -266,8 +260,10 @@ def test_second_int_turns_a_drain_into_a_fast_stop(supervise):
 
 
 def test_worker_not_ready_in_time_is_killed_and_replaced(supervise):
-    sup = supervise(RECORDER, "--workers", "1", "--worker-ready-timeout", "0.5", *FAST)
-    sup.behave("start-delay", "30")
+    sup = supervise(
+        RECORDER, "--workers", "1", "--worker-ready-timeout", "0.5", *FAST,
+        behaviours={"start-delay": "30"},
+    )  # fmt: skip
     first = wait_until(lambda: sup.events("starting"), what="a first start")[0].pid
     wait_until(lambda: f"Child {first} (slot 0) not ready after 0.5 s" in sup.log(), what="kill")
     sup.unbehave("start-delay")
