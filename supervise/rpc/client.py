@@ -38,6 +38,13 @@ class BrokerUnreachable(Exception):
     """The broker could not be reached within the call's timeout."""
 
 
+@dataclasses.dataclass
+class _PendingCall:
+    future: Future = dataclasses.field(default_factory=Future)
+    result: Any = None
+    heard_at: float = dataclasses.field(default_factory=time.monotonic)
+
+
 class Messenger:
     """The connection and reply queue that a process's clients share."""
 
@@ -46,7 +53,7 @@ class Messenger:
     ):
         self.transport_url = transport_url
         self.reply_queue = f"reply_{uuid.uuid4().hex}"
-        self._waiting: dict[str, Future] = {}
+        self._waiting: dict[str, _PendingCall] = {}
         self._lock = threading.Lock()
         self._producer: kombu.Producer | None = None
         self._io = ConnectionThread(
@@ -79,11 +86,19 @@ class Messenger:
             LOG.warning("dropped an unreadable reply: %s", error)
             return
         with self._lock:
-            future = self._waiting.pop(reply.get("_msg_id"), None)
-        if future is None:
+            pending = self._waiting.get(reply.get("_msg_id"))
+        if pending is None:
             LOG.debug("dropped a reply nobody waits for: %s", reply.get("_msg_id"))
-        elif not future.done():
-            future.set_result(reply)
+            return
+        pending.heard_at = time.monotonic()
+        if reply.get("result") is not None:
+            pending.result = reply["result"]
+        # As oslo: a reply without `ending` is a call-monitor heartbeat (or the first half of
+        # an old two-part reply); the call ends with a failure or with `ending`.
+        if reply.get("failure") or reply.get("ending"):
+            self.forget(reply["_msg_id"])
+            if not pending.future.done():
+                pending.future.set_result((pending.result, reply.get("failure")))
 
     def publish(self, exchange: kombu.Exchange, routing_key: str, message: dict, timeout: float):
         """Publish from the I/O thread; raise BrokerUnreachable if it is not connected in time."""
@@ -109,11 +124,12 @@ class Messenger:
         except (ConnectionLost, FutureTimeout) as error:
             raise BrokerUnreachable(f"could not publish: {error or 'timed out'}") from None
 
-    def expect_reply(self, msg_id: str) -> Future:
-        future: Future = Future()
+    def expect_reply(self, msg_id: str) -> _PendingCall:
+        """The call with this ``_msg_id``; its future's result is (result, failure)."""
+        pending = _PendingCall()
         with self._lock:
-            self._waiting[msg_id] = future
-        return future
+            self._waiting[msg_id] = pending
+        return pending
 
     def forget(self, msg_id: str) -> None:
         with self._lock:
@@ -128,13 +144,23 @@ class RPCClient:
     target: Target
     timeout: float = 60.0
     exchange: str = "openstack"
+    call_monitor_timeout: float | None = None
 
-    def prepare(self, *, timeout: float | None = None, **target_fields: Any) -> RPCClient:
-        """A client with some Target fields (server, fanout, version, namespace) replaced."""
+    def prepare(
+        self,
+        *,
+        timeout: float | None = None,
+        call_monitor_timeout: float | None = None,
+        **target_fields: Any,
+    ) -> RPCClient:
+        """A client with some Target fields (server, fanout, version, namespace) replaced.
+        With `call_monitor_timeout`, as in oslo, a call may run up to `timeout` as long as
+        the server sends a heartbeat at least that often, and fails sooner when it stops."""
         return dataclasses.replace(
             self,
             target=dataclasses.replace(self.target, **target_fields),
             timeout=self.timeout if timeout is None else timeout,
+            call_monitor_timeout=call_monitor_timeout or self.call_monitor_timeout,
         )
 
     def _message(self, context: Mapping[str, Any], method: str, args: dict) -> dict:
@@ -165,18 +191,37 @@ class RPCClient:
         exchange, routing_key = self._destination()
         message = self._message(context, method, kwargs)
         msg_id = uuid.uuid4().hex
-        message.update(_msg_id=msg_id, _reply_q=self.messenger.reply_queue, _timeout=self.timeout)
-        deadline = time.monotonic() + self.timeout
-        reply = self.messenger.expect_reply(msg_id)
+        # oslo's `_timeout` is the call-monitor timeout, not the call's.
+        message.update(
+            _msg_id=msg_id, _reply_q=self.messenger.reply_queue, _timeout=self.call_monitor_timeout
+        )
+        pending = self.messenger.expect_reply(msg_id)
         try:
             self.messenger.publish(exchange, routing_key, message, self.timeout)
-            answer = reply.result(max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            raise MessagingTimeout(
-                f"no reply to {method!r} on topic {self.target.topic!r} within {self.timeout:g} s"
-            ) from None
+            result, failure = self._wait(pending, method)
         finally:
             self.messenger.forget(msg_id)
-        if answer.get("failure"):
-            raise wire.deserialize_failure(answer["failure"])
-        return answer.get("result")
+        if failure:
+            raise wire.deserialize_failure(failure)
+        return result
+
+    def _wait(self, pending: _PendingCall, method: str) -> tuple[Any, str | None]:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            now = time.monotonic()
+            wait = deadline - now
+            if self.call_monitor_timeout:
+                wait = min(wait, pending.heard_at + self.call_monitor_timeout - now)
+            try:
+                return pending.future.result(max(0.0, wait))
+            except FutureTimeout:
+                now = time.monotonic()
+                if now >= deadline:
+                    what = f"within {self.timeout:g} s"
+                elif now >= pending.heard_at + self.call_monitor_timeout:
+                    what = f"nor heartbeat within {self.call_monitor_timeout:g} s"
+                else:
+                    continue  # a heartbeat came in while we waited
+                raise MessagingTimeout(
+                    f"no reply to {method!r} on topic {self.target.topic!r} {what}"
+                ) from None

@@ -60,6 +60,7 @@ class ConnectionThread:
         self.last_error: str | None = None
         self._on_connect = on_connect
         self._tasks: deque[tuple[Task, Future | None]] = deque()
+        self._timers: list[tuple[float, Task]] = []  # few at a time: a list is enough
         self._wakeup = Wakeup()
         self._stopping = threading.Event()
         self._outage_began: float | None = None
@@ -79,6 +80,12 @@ class ConnectionThread:
         """Run ``task(connection)`` on the I/O thread; nobody waits for it, and it survives a
         reconnect (it then runs with the new connection)."""
         self._tasks.append((task, None))
+        self._wakeup.wake()
+
+    def call_later(self, delay: float, task: Task) -> None:
+        """Run ``task(connection)`` on the I/O thread in `delay` seconds (or when it is next
+        connected, if it is not then)."""
+        self._timers.append((time.monotonic() + delay, task))
         self._wakeup.wake()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -175,10 +182,10 @@ class ConnectionThread:
 
     def _pump(self, conn: kombu.Connection) -> None:
         sock = conn.connection.sock
-        timeout = self.heartbeat / 4 if self.heartbeat else None
         while not self._stopping.is_set():
+            self._move_due_timers()
             self._run_tasks(conn)
-            readable, _, _ = select.select([sock, self._wakeup.reader], [], [], timeout)
+            readable, _, _ = select.select([sock, self._wakeup.reader], [], [], self._timeout())
             if self._wakeup.reader in readable:
                 self._wakeup.drain()
             if sock in readable:
@@ -186,6 +193,20 @@ class ConnectionThread:
             if self.heartbeat:
                 conn.heartbeat_check()
         self._run_tasks(conn)
+
+    def _timeout(self) -> float | None:
+        timeouts = [self.heartbeat / 4] if self.heartbeat else []
+        if self._timers:
+            now = time.monotonic()
+            timeouts.append(max(0.0, min(at for at, _ in self._timers) - now))
+        return min(timeouts, default=None)
+
+    def _move_due_timers(self) -> None:
+        now = time.monotonic()
+        due = [timer for timer in self._timers if timer[0] <= now]
+        for timer in due:
+            self._timers.remove(timer)
+            self._tasks.append((timer[1], None))
 
     @staticmethod
     def _drain_events(conn: kombu.Connection) -> None:

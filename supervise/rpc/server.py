@@ -121,6 +121,7 @@ class RPCServer:
         )
         self._fanout_queue = f"{target.topic}_fanout_{uuid.uuid4().hex}"
         self._recent = RecentReplies()
+        self._monitored: set[str] = set()  # calls whose callers want heartbeats
         self._in_flight = 0
         self._idle = threading.Condition()
         self._stopping = False
@@ -222,7 +223,30 @@ class RPCServer:
             message.ack()
             return
         self._in_flight += 1
+        self._monitor(inner)
         self._pool.submit(self._handle, message, inner, self._channel)
+
+    def _monitor(self, inner: dict) -> None:
+        """oslo's call monitor: a caller that sent ``_timeout`` N wants an ``ending: false``
+        reply every N/2 seconds while its call runs, or it gives up after N seconds."""
+        msg_id, reply_queue, timeout = (
+            inner.get("_msg_id"),
+            inner.get("_reply_q"),
+            inner.get("_timeout"),
+        )
+        if not isinstance(msg_id, str) or not isinstance(reply_queue, str):
+            return
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 2:
+            return
+        interval = int(timeout) / 2
+        self._monitored.add(msg_id)
+
+        def beat(_conn: kombu.Connection) -> None:
+            if msg_id in self._monitored:
+                self._answer((reply_queue, wire.encode(wire.heartbeat(msg_id))))
+                self._io.call_later(interval, beat)
+
+        self._io.call_later(interval, beat)
 
     def _requeue_counted(self, message: kombu.message.Message, inner: dict, queue: str) -> None:
         count = _redeliveries(message) + 1
@@ -277,7 +301,9 @@ class RPCServer:
             reply_queue, body = reply
             self._producer.publish(body, exchange="", routing_key=reply_queue, serializer="json")
 
-    def _finish(self, message: kombu.message.Message, channel: Any, unique_id: Any, reply):
+    def _finish(self, message: kombu.message.Message, channel: Any, inner: dict, reply):
+        self._monitored.discard(inner.get("_msg_id"))
+        unique_id = inner.get("_unique_id")
         self._answer(reply)
         if isinstance(unique_id, str):
             self._recent.add(unique_id, reply)
@@ -295,8 +321,7 @@ class RPCServer:
         try:
             reply = self._run(inner)
         finally:  # whatever happened, the I/O thread acks and counts the message done
-            unique_id = inner.get("_unique_id")
-            self._io.call_soon(lambda _conn: self._finish(message, channel, unique_id, reply))
+            self._io.call_soon(lambda _conn: self._finish(message, channel, inner, reply))
 
     def _run(self, inner: dict) -> tuple[str, dict] | None:
         method = inner.get("method")

@@ -146,6 +146,17 @@ def reply(msg_id: str, result: Any = None, failure: str | None = None) -> dict[s
     }
 
 
+def heartbeat(msg_id: str) -> dict[str, Any]:
+    """oslo's call-monitor heartbeat: a reply that is not the end (``ending`` false)."""
+    return {
+        "result": None,
+        "failure": None,
+        "ending": False,
+        "_msg_id": msg_id,
+        "_unique_id": new_unique_id(),
+    }
+
+
 def serialize_failure(error: BaseException) -> str:
     """The JSON string oslo puts in a reply's ``failure``.
 

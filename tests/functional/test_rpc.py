@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from supervise.rpc import wire
-from supervise.rpc.client import BrokerUnreachable, Messenger, RPCClient
+from supervise.rpc.client import BrokerUnreachable, MessagingTimeout, Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
 from tests.functional.conftest import wait_until
 
@@ -145,3 +145,18 @@ def test_call_command_with_no_broker_says_so(topic):
     assert done.stderr.startswith("supervise: cannot reach the broker at ")
     assert "secret" not in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_call_monitor_heartbeats_between_supervise_client_and_server(serve, client):
+    sup = serve(1)
+    monitored = client.prepare(timeout=20, call_monitor_timeout=2)
+    assert monitored.call({}, "sleep", ms=4500) == 4500
+    victim = sup.worker_pids().pop()
+    os.kill(victim, signal.SIGSTOP)  # no more heartbeats: the caller gives up early
+    try:
+        began = time.monotonic()
+        with pytest.raises(MessagingTimeout, match="nor heartbeat within 2 s"):
+            monitored.call({}, "sleep", ms=100)
+        assert time.monotonic() - began < 5
+    finally:
+        os.kill(victim, signal.SIGCONT)
