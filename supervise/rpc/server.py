@@ -204,12 +204,23 @@ class RPCServer:
             LOG.warning("dropped an unreadable message from queue %s: %s", queue, error)
             message.ack()
             return
+        if not _valid_reply_queue(inner.get("_reply_q")):
+            LOG.warning(
+                "dropped %s from queue %s: its reply queue %s is not a queue name",
+                _loggable(inner.get("method")),
+                queue,
+                _loggable(inner.get("_reply_q")),
+            )
+            message.ack()
+            return
         if len(message.body) > self.options.max_message_size:
             error = MessageTooLarge(
                 f"a message of {len(message.body)} bytes is over max_message_size "
                 f"({self.options.max_message_size})"
             )
-            LOG.warning("rejected %r from queue %s: %s", inner.get("method"), queue, error)
+            LOG.warning(
+                "rejected %s from queue %s: %s", _loggable(inner.get("method")), queue, error
+            )
             self._answer(_reply_to(inner, None, wire.serialize_failure(error)))
             message.ack()
             return
@@ -218,7 +229,7 @@ class RPCServer:
             return
         unique_id = inner.get("_unique_id")
         if isinstance(unique_id, str) and unique_id in self._recent:
-            LOG.info("message %s was handled already: answering it again", unique_id)
+            LOG.info("message %s was handled already: answering it again", _loggable(unique_id))
             self._answer(self._recent.get(unique_id))
             message.ack()
             return
@@ -252,19 +263,19 @@ class RPCServer:
         count = _redeliveries(message) + 1
         if count > self.options.max_redeliveries:
             LOG.error(
-                "message %s (method %r) was held by %d consumers that died or lost their "
+                "message %s (method %s) was held by %d consumers that died or lost their "
                 "connection: moving it to queue %s",
-                inner.get("_unique_id"),
-                inner.get("method"),
+                _loggable(inner.get("_unique_id")),
+                _loggable(inner.get("method")),
                 count,
                 DEAD_LETTER_QUEUE,
             )
             self._dead_letter(message, inner, count)
         else:
             LOG.warning(
-                "message %s (method %r) redelivered (%d of %d): queued again",
-                inner.get("_unique_id"),
-                inner.get("method"),
+                "message %s (method %s) redelivered (%d of %d): queued again",
+                _loggable(inner.get("_unique_id")),
+                _loggable(inner.get("method")),
                 count,
                 self.options.max_redeliveries,
             )
@@ -302,17 +313,23 @@ class RPCServer:
             self._producer.publish(body, exchange="", routing_key=reply_queue, serializer="json")
 
     def _finish(self, message: kombu.message.Message, channel: Any, inner: dict, reply):
+        """Queue the reply, then the ack, as tasks of their own: the I/O thread retries a
+        task that a lost connection interrupted, so each must be safe to run again."""
         self._monitored.discard(inner.get("_msg_id"))
         unique_id = inner.get("_unique_id")
-        self._answer(reply)
         if isinstance(unique_id, str):
             self._recent.add(unique_id, reply)
-        if channel is self._channel:
-            message.ack()
-        # else: its channel died with a connection; the broker redelivers it.
+        if reply is not None:
+            self._io.call_soon(lambda _conn: self._answer(reply))
+        self._io.call_soon(lambda _conn: self._ack(message, channel))
         with self._idle:
             self._in_flight -= 1
             self._idle.notify_all()
+
+    def _ack(self, message: kombu.message.Message, channel: Any) -> None:
+        if channel is self._channel and not message.acknowledged:
+            message.ack()
+        # else: its channel died with a connection; the broker redelivers the message.
 
     # ----- on a pool thread ---------------------------------------------------------------
 
@@ -324,21 +341,21 @@ class RPCServer:
             self._io.call_soon(lambda _conn: self._finish(message, channel, inner, reply))
 
     def _run(self, inner: dict) -> tuple[str, dict] | None:
-        method = inner.get("method")
+        method = _loggable(inner.get("method"))
         result, failure = None, None
         try:
             result = self._dispatcher.dispatch(inner)
         except DispatchError as error:
-            LOG.warning("rejected a call to %r: %s", method, error)
+            LOG.warning("rejected a call to %s: %s", method, error)  # one line, bounded
             failure = wire.serialize_failure(error)
         except Exception as error:
-            LOG.warning("%r raised %s: %s", method, type(error).__name__, error)
-            LOG.debug("traceback of %r", method, exc_info=True)
+            LOG.warning("%s raised %s: %s", method, type(error).__name__, _one_line(str(error)))
+            LOG.debug("traceback of %s", method, exc_info=True)
             failure = wire.serialize_failure(error)
         try:
             return _reply_to(inner, result, failure)
         except Exception as error:
-            LOG.warning("the result of %r cannot be sent as JSON: %s", method, error)
+            LOG.warning("the result of %s cannot be sent as JSON: %s", method, error)
             return _reply_to(inner, None, wire.serialize_failure(error))
 
 
@@ -362,3 +379,22 @@ def _expiration_seconds(message: kombu.message.Message) -> float | None:
         return int(message.properties["expiration"]) / 1000
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _valid_reply_queue(name: Any) -> bool:
+    """AMQP queue names are at most 255 bytes; a call's reply queue must fit (or be absent)."""
+    return name is None or (isinstance(name, str) and 0 < len(name.encode()) <= 255)
+
+
+def _loggable(value: Any, limit: int = 120) -> str:
+    """A value from the network fit for a log line: repr escapes line breaks (no forged log
+    records), and the length is bounded."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Free text from a handler fit for a log line: line breaks and other control characters
+    escaped, the length bounded."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
