@@ -1,0 +1,108 @@
+"""Nothing lost on reload, drain, crash or broker restart, under a steady call load."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from supervise.rpc.client import RPCClient
+from tests.functional.conftest import rabbitmqctl, wait_until
+
+
+@dataclass
+class Load:
+    """Callers that call `sleep(ms)` in a loop and count what happens."""
+
+    client: RPCClient
+    callers: int = 8
+    ms: int = 20
+    succeeded: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _caller(self) -> None:
+        while not self._stop.is_set():
+            try:
+                assert self.client.call({}, "sleep", ms=self.ms) == self.ms
+            except Exception as error:
+                with self._lock:
+                    self.failures.append(f"{type(error).__name__}: {error}")
+            else:
+                with self._lock:
+                    self.succeeded += 1
+
+    @contextmanager
+    def running(self) -> Iterator[Load]:
+        threads = [threading.Thread(target=self._caller) for _ in range(self.callers)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+
+    def wait_for_calls(self, count: int) -> None:
+        start = self.succeeded
+        wait_until(lambda: self.succeeded >= start + count, what=f"{count} more calls")
+
+
+def test_rolling_reload_under_load_fails_no_call(serve, client):
+    sup = serve(2)
+    before = sup.worker_pids()
+    with Load(client).running() as load:
+        load.wait_for_calls(50)
+        sup.signal(signal.SIGHUP)
+        wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="the reload to end")
+        load.wait_for_calls(50)
+    assert not load.failures, load.failures[:5]
+    assert not sup.worker_pids() & before
+
+
+def test_mutate_reload_under_load_fails_no_call(serve, client):
+    sup = serve(2, "--reload-method", "mutate")
+    with Load(client).running() as load:
+        load.wait_for_calls(50)
+        sup.signal(signal.SIGHUP)
+        wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="the reload to end")
+        load.wait_for_calls(50)
+    assert not load.failures, load.failures[:5]
+
+
+def test_draining_one_host_under_load_fails_no_call(serve, client):
+    """Two hosts serve one topic; one is stopped, as in a rolling restart of a cluster."""
+    leaving = serve(2, host="hosta")
+    staying = serve(2, host="hostb")
+    with Load(client).running() as load:
+        load.wait_for_calls(50)
+        leaving.signal(signal.SIGTERM)
+        assert leaving.wait_exit(timeout=30) == 0
+        load.wait_for_calls(50)
+    assert not load.failures, load.failures[:5]
+    assert staying.process.poll() is None
+
+
+def test_broker_restart_under_load_workers_reconnect_without_crash_loop(serve, client):
+    sup = serve(2)
+    pids = sup.worker_pids()
+    with Load(client, callers=4).running() as load:
+        load.wait_for_calls(20)
+        rabbitmqctl("stop_app")
+        try:
+            time.sleep(1.0)  # an outage of a second, under load
+        finally:
+            rabbitmqctl("start_app")
+        restarted = time.monotonic()
+        served_before = load.succeeded
+        wait_until(lambda: load.succeeded > served_before + 20, timeout=30, what="service again")
+        back_after = time.monotonic() - restarted
+    assert back_after < 10, back_after
+    assert sup.worker_pids() == pids, "workers were replaced: a crash loop"
+    assert sup.log().count("connected again after") >= 2
+    assert "Traceback" not in sup.log()
