@@ -125,3 +125,29 @@ class RPCTestService(EchoService):
     """The echo service plus methods that die, fail and misbehave, for the RPC tests."""
 
     endpoint_class = TestEndpoint
+
+
+try:
+    import cotyledon
+except ImportError:  # the cotyledon extra is not installed
+    cotyledon = None
+
+if cotyledon is not None:
+
+    class RealCotyledonService(cotyledon.Service):
+        """A subclass of cotyledon's own Service class, as written for cotyledon."""
+
+        name = "real-cotyledon"
+
+        def __init__(self, worker_id: int):
+            super().__init__(worker_id)
+            self._stopped = threading.Event()
+            record("started", worker_id, 0)
+
+        def run(self) -> None:
+            record("run", self.worker_id, 0)
+            self._stopped.wait()
+
+        def terminate(self) -> None:
+            record("stopping", self.worker_id, 0)
+            self._stopped.set()

@@ -385,3 +385,27 @@ def test_service_that_cannot_be_imported_stops_the_master_with_status_2(supervis
     assert sup.wait_exit() == 2
     assert "module 'os' has no 'NoSuchService'" in sup.log()
     assert "Traceback" not in sup.log()
+
+
+def test_a_cotyledon_service_subclass_runs_unchanged(supervise):
+    pytest.importorskip("cotyledon", reason="the cotyledon extra is not installed")
+    sup = supervise("tests.functional.services:RealCotyledonService", "--workers", "2", *FAST)
+    pids = sup.wait_ready(2)
+    wait_until(lambda: len(sup.events("run")) == 2, what="run() in both workers")
+    assert {e.slot for e in sup.events("run")} == {0, 1}  # worker_id is the slot
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert {e.pid for e in sup.events("stopping")} == pids
+
+
+def test_mutate_reload_replaces_a_cotyledon_subclass_with_its_default_reload(supervise):
+    pytest.importorskip("cotyledon", reason="the cotyledon extra is not installed")
+    sup = supervise(
+        "tests.functional.services:RealCotyledonService", "--workers", "2",
+        "--reload-method", "mutate", *FAST,
+    )  # fmt: skip
+    before = sup.wait_ready(2)
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: len(p := sup.worker_pids()) == 2 and not p & before, what="two new workers")
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+    assert "cannot reset in place" in sup.log()
