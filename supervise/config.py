@@ -28,6 +28,14 @@ class ConfigError(Exception):
     """Bad configuration; its message is one line meant for an operator."""
 
 
+def default_state_dir() -> str:
+    """/var/lib/supervise for root, else the XDG state directory."""
+    if os.geteuid() == 0:
+        return "/var/lib/supervise"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "supervise")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -169,9 +177,20 @@ class Config:
     heartbeat_timeout_threshold: float = _option(
         60.0, _seconds, "AMQP heartbeat timeout in seconds; 0 disables heartbeats"
     )
+    state_dir: str = _option(
+        default_state_dir, _text, "where the embedded database and queue files live"
+    )
+    database_url: str | None = _option(
+        None, _text, "SQLAlchemy URL of the services database (default: SQLite in state_dir)"
+    )
     log_level: str = _option("INFO", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_file: str | None = _option(None, _text, "append logs to this file instead of stderr")
     config_file: tuple[str, ...] = field(default=(), metadata={"help": "INI config file"})
+
+    @property
+    def database(self) -> str:
+        """The database URL in force: the configured one, else SQLite in the state directory."""
+        return self.database_url or f"sqlite:///{os.path.join(self.state_dir, 'supervise.db')}"
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config_file": list(self.config_file)}
