@@ -137,14 +137,17 @@ class RPCServer:
         self._io.connected.wait()
 
     def stop(self) -> None:
-        """Drain: stop consuming, let in-flight handlers finish and ack them, then close.
-        Anything delivered but not acked when the connection closes goes back to its queue."""
+        """Stop consuming: the broker sends this server nothing more. Then call `wait`."""
         self._stopping = True
         if self._io.connected.is_set():
             try:
                 self._io.submit(self._cancel).result()
             except Exception as error:
                 LOG.warning("could not cancel the consumers: %s", error)
+
+    def wait(self) -> None:
+        """Let in-flight handlers finish and ack them, then close. Anything delivered but not
+        acked when the connection closes goes back to its queue."""
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0 or not self._io.connected.is_set())
         self._io.stop()

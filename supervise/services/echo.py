@@ -57,3 +57,6 @@ class EchoService:
 
     def stop(self) -> None:
         self.server.stop()
+
+    def wait(self) -> None:
+        self.server.wait()
