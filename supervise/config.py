@@ -177,6 +177,25 @@ class Config:
     heartbeat_timeout_threshold: float = _option(
         60.0, _seconds, "AMQP heartbeat timeout in seconds; 0 disables heartbeats"
     )
+    report_interval: float = _option(
+        10.0, _seconds, "seconds between a service's heartbeats in the database; 0: none"
+    )
+    service_down_time: float = _option(
+        60.0, _positive_float, "seconds without a heartbeat after which a service is down"
+    )
+    periodic_enable: bool = _option(True, _boolean, "run the managers' periodic tasks")
+    periodic_fuzzy_delay: float = _option(
+        60.0, _seconds, "the periodic tasks start after a random delay up to this many seconds"
+    )
+    periodic_interval_max: float = _option(
+        60.0, _positive_float, "longest sleep between two runs of the periodic tasks"
+    )
+    periodic_workers: str = _option(
+        "leader", _choice("leader", "all"), "workers of a host that run periodic tasks"
+    )
+    manager_shutdown_timeout: float = _option(
+        30.0, _seconds, "seconds a manager's graceful_shutdown may take on stop"
+    )
     state_dir: str = _option(
         default_state_dir, _text, "where the embedded database and queue files live"
     )

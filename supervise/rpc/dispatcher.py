@@ -105,10 +105,16 @@ class InvalidMessage(DispatchError):
 
 
 def _exposed(endpoint: object, name: str) -> Callable[..., Any] | None:
-    """The bound method `name` of `endpoint` if it is exposed to RPC, else None."""
+    """The bound method `name` of `endpoint` if it is exposed to RPC, else None. A name that
+    a class declaring ``_not_rpc = True`` defines (a framework base class, such as the
+    Manager's hooks) is never exposed, even where a subclass overrides it; the subclasses'
+    other methods are."""
     if name.startswith("_"):
         return None
-    for cls in type(endpoint).__mro__:
+    mro = type(endpoint).__mro__
+    if any(vars(cls).get("_not_rpc", False) and name in vars(cls) for cls in mro):
+        return None
+    for cls in mro:
         if name in vars(cls):
             attribute = vars(cls)[name]
             return attribute.__get__(endpoint) if inspect.isfunction(attribute) else None

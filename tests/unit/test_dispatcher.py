@@ -551,3 +551,23 @@ def test_baseapi_is_only_in_its_namespace_and_version():
     )
     raises_one_line(InvalidArguments, dispatcher, call("ping", namespace="baseapi"))
     raises_one_line(NoSuchMethod, dispatcher, call("service_name", namespace="baseapi"))
+
+
+def test_methods_of_a_class_declaring_not_rpc_are_hidden_but_its_subclasses_are_not():
+    class Framework:
+        _not_rpc = True
+
+        def init_host(self, context):
+            return "hook"
+
+    class Manager(Framework):
+        def work(self, context):
+            return "work"
+
+        def init_host(self, context):  # overriding a hook does not expose it
+            return "overridden hook"
+
+    dispatcher = Dispatcher([Manager()])
+    assert dispatcher.dispatch({"method": "work"}) == "work"
+    with pytest.raises(NoSuchMethod):
+        dispatcher.dispatch({"method": "init_host"})
