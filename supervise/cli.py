@@ -17,7 +17,7 @@ from supervise.config import ConfigError
 from supervise.rpc.transport_url import BadTransportURL
 from supervise.systemd import Notifier
 
-SUBCOMMANDS = ("run", "call")
+SUBCOMMANDS = ("run", "call", "service", "db")
 
 LOG = logging.getLogger(__name__)
 
@@ -74,7 +74,48 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _add_config_options(
         call, ["transport_url", "control_exchange", "publisher_confirms", "log_level"]
     )
+    _add_service_parsers(commands)
+    _add_db_parsers(commands)
     return parser, run
+
+
+DATABASE_OPTIONS = ["database_url", "state_dir", "log_level"]
+
+
+def _add_service_parsers(commands: argparse._SubParsersAction) -> None:
+    service = commands.add_parser("service", help="list or change rows of the services table")
+    actions = service.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="id, binary, host, topic, status, state, ...")
+    # dests differ from the option names: `host` is also the config option of this host
+    listing.add_argument("--host", dest="service_host", help="only services of this host")
+    listing.add_argument(
+        "--binary", dest="service_binary", help="only services of this binary (nova-conductor)"
+    )
+    parsers = [listing]
+    for action, text in (
+        ("enable", "enable a service"),
+        ("disable", "disable a service (it keeps running; schedulers skip it)"),
+        ("force-down", "mark a service down now, whatever its heartbeat says"),
+        ("delete", "delete a service's record (it registers again when it starts)"),
+    ):
+        parser = actions.add_parser(action, help=text)
+        parser.add_argument("service_host", metavar="HOST")
+        parser.add_argument("service_binary", metavar="BINARY")
+        parsers.append(parser)
+        if action == "disable":
+            parser.add_argument("--reason", help="why, shown in the list")
+        if action == "force-down":
+            parser.add_argument("--unset", action="store_true", help="undo a force-down")
+    for parser in parsers:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        _add_config_options(parser, [*DATABASE_OPTIONS, "report_interval", "service_down_time"])
+
+
+def _add_db_parsers(commands: argparse._SubParsersAction) -> None:
+    database = commands.add_parser("db", help="manage the services database")
+    actions = database.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sync = actions.add_parser("sync", help="create or upgrade the schema to the newest version")
+    _add_config_options(sync, DATABASE_OPTIONS)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, names: list[str]) -> None:
@@ -151,10 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace = build_parsers()[0].parse_args(_with_implied_run(argv))
         if namespace.command is None:
             raise UsageError("missing SERVICE (see supervise --help)")
+        # Commands are imported on use, so the master's start stays free of kombu and
+        # SQLAlchemy (its workers import what their service needs).
         if namespace.command == "call":
             from supervise.rpc import cli_call
 
             return cli_call.main(namespace, _load_config(namespace))
+        if namespace.command == "service":
+            from supervise import service_admin
+
+            return service_admin.main(namespace, _load_config(namespace))
+        if namespace.command == "db":
+            from supervise.db import cli as db_cli
+
+            return db_cli.main(_load_config(namespace))
         return _run(namespace)
     except (UsageError, ConfigError, hosted.ServiceNotFound, BadTransportURL) as error:
         print(f"supervise: error: {error}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the services database; run by supervise.db.migration."""

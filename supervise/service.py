@@ -1,0 +1,224 @@
+"""The nova Service: a record in the services table, an RPC server, a heartbeat and periodic
+tasks, started and stopped in nova's order.
+
+start: look up the record -> ``manager.init_host(ref)`` -> create or update the record
+(race guard) -> ``manager.pre_start_hook(ref)`` -> RPC server on ``Target(topic,
+server=host)`` with the manager, its additional endpoints and ``baseapi`` -> consuming ->
+``manager.post_start_hook()`` -> servicegroup join -> periodic tasks after a random delay.
+
+stop: shutdown flag -> stop consuming -> ``manager.graceful_shutdown(timeout)`` (bounded by
+``manager_shutdown_timeout``) -> in-flight calls finish and are acked -> timers stop ->
+``manager.cleanup_host()``.
+
+Better than nova: within one host, only one worker (the leader, slot 0) heartbeats and, with
+``periodic_workers = leader``, runs the periodic tasks; nova runs them in every worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from supervise.config import Config
+from supervise.db import Database, ServiceBinaryExists, ServiceTopicExists
+from supervise.manager import Manager
+from supervise.periodic import DynamicLoopingCall
+from supervise.rpc.dispatcher import BaseAPI, Target
+from supervise.rpc.server import RPCServer, ServerOptions
+from supervise.servicegroup import ServiceGroup
+
+LOG = logging.getLogger(__name__)
+
+LEADER_SLOT = 0
+
+
+def topic_of(binary: str) -> str:
+    """nova's rule: ``nova-conductor`` serves topic ``conductor``."""
+    return binary.rpartition("nova-")[2]
+
+
+def _manager_class(manager: type[Manager] | str) -> type[Manager]:
+    if isinstance(manager, str):
+        module, _, name = manager.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    return manager
+
+
+class Service:
+    def __init__(
+        self,
+        host: str,
+        binary: str,
+        topic: str,
+        manager: type[Manager] | str,
+        report_interval: float,
+        periodic_enable: bool,
+        periodic_fuzzy_delay: float,
+        periodic_interval_max: float,
+        *,
+        conf: Config,
+        leader: bool = True,
+        db: Database | None = None,
+    ):
+        self.host = host
+        self.binary = binary
+        self.topic = topic
+        self.conf = conf
+        self.leader = leader
+        self.periodic_enable = periodic_enable
+        self.periodic_fuzzy_delay = periodic_fuzzy_delay
+        self.periodic_interval_max = periodic_interval_max
+        self.manager = _manager_class(manager)(host=host)
+        self.db = db or Database(conf.database)
+        self.servicegroup = ServiceGroup(self.db, report_interval, conf.service_down_time)
+        self.manager.service = self
+        self.service_ref: Any = None
+        self.rpcserver: RPCServer | None = None
+        self._periodic: DynamicLoopingCall | None = None
+        self._shutting_down = False
+
+    @classmethod
+    def create(
+        cls,
+        host: str | None = None,
+        binary: str | None = None,
+        topic: str | None = None,
+        manager: type[Manager] | str | None = None,
+        report_interval: float | None = None,
+        periodic_enable: bool | None = None,
+        periodic_fuzzy_delay: float | None = None,
+        periodic_interval_max: float | None = None,
+        *,
+        conf: Config,
+        worker_id: int | None = None,
+    ) -> Service:
+        """A Service with nova's defaults; `worker_id` (the slot) picks the host's leader."""
+        if manager is None:
+            raise ValueError("Service.create needs a manager class")
+        binary = binary or os.path.basename(sys.argv[0])
+        return cls(
+            host=host or conf.host,
+            binary=binary,
+            topic=topic or topic_of(binary),
+            manager=manager,
+            report_interval=conf.report_interval if report_interval is None else report_interval,
+            periodic_enable=conf.periodic_enable if periodic_enable is None else periodic_enable,
+            periodic_fuzzy_delay=(
+                conf.periodic_fuzzy_delay if periodic_fuzzy_delay is None else periodic_fuzzy_delay
+            ),
+            periodic_interval_max=(
+                conf.periodic_interval_max
+                if periodic_interval_max is None
+                else periodic_interval_max
+            ),
+            conf=conf,
+            leader=worker_id in (None, LEADER_SLOT),
+        )
+
+    # ----- start --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.db.is_sqlite:  # the embedded engine creates its schema; a server needs db sync
+            self.db.ensure_schema()
+        ref = self.db.service_get_by_host_and_binary(self.host, self.binary)
+        self.manager.init_host(ref)
+        self.service_ref = self._register(ref)
+        self.manager.pre_start_hook(self.service_ref)
+        endpoints = [self.manager, *self.manager.additional_endpoints, BaseAPI(self.binary)]
+        self.rpcserver = RPCServer(
+            self.conf.transport_url,
+            Target(topic=self.topic, server=self.host),
+            endpoints,
+            ServerOptions.from_config(self.conf),
+        )
+        self.rpcserver.start()
+        self.manager.post_start_hook()
+        if self.leader:
+            self.servicegroup.join(self.service_ref.id)
+        if self.periodic_enable and (self.leader or self.conf.periodic_workers == "all"):
+            self._start_periodic_tasks()
+        LOG.info("%s serves topic %s on host %s", self.binary, self.topic, self.host)
+
+    def _register(self, ref: Any) -> Any:
+        """The service's record, created if missing. When another process created it first
+        (the workers of one host start together), re-read it instead of failing: the guard
+        is the table's unique constraints, not a check-then-insert."""
+        if ref is not None:
+            return ref
+        try:
+            return self.db.service_create(
+                {"host": self.host, "binary": self.binary, "topic": self.topic}
+            )
+        except (ServiceBinaryExists, ServiceTopicExists):
+            ref = self.db.service_get_by_host_and_binary(self.host, self.binary)
+            if ref is None:  # the topic is taken by another binary of this host: a real error
+                raise
+            return ref
+
+    def _start_periodic_tasks(self) -> None:
+        delay = random.uniform(0, self.periodic_fuzzy_delay) if self.periodic_fuzzy_delay else None
+        self._periodic = DynamicLoopingCall(self.periodic_tasks)
+        self._periodic.start(
+            initial_delay=delay,
+            periodic_interval_max=self.periodic_interval_max,
+            stop_on_exception=False,
+        )
+
+    def periodic_tasks(self, raise_on_error: bool = False) -> float:
+        return self.manager.periodic_tasks({}, raise_on_error=raise_on_error)
+
+    # ----- stop ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._shutting_down = True
+        if self.rpcserver is not None:
+            self.rpcserver.stop()
+        _bounded(
+            lambda: self.manager.graceful_shutdown(self.conf.manager_shutdown_timeout),
+            self.conf.manager_shutdown_timeout,
+            "the manager's graceful_shutdown",
+        )
+        if self.rpcserver is not None:
+            self.rpcserver.wait()
+        if self._periodic is not None:
+            self._periodic.stop()
+        self.servicegroup.leave()
+        self.manager.cleanup_host()
+
+    def wait(self) -> None:
+        if self._periodic is not None:
+            self._periodic.wait()
+
+    def reset(self) -> None:
+        self.manager.reset()
+
+    def kill(self) -> None:
+        """Stop, and delete the service's record (soft delete: it can register again)."""
+        self.stop()
+        if self.service_ref is not None:
+            self.db.service_destroy(self.service_ref.id)
+
+
+def _bounded(work: Callable[[], None], timeout: float, what: str) -> None:
+    """Run `work` for at most `timeout` seconds (0: no limit); errors propagate."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run, name="bounded", daemon=True)
+    thread.start()
+    thread.join(timeout or None)
+    if thread.is_alive():
+        LOG.warning("%s did not finish within %g s: stopping anyway", what, timeout)
+    elif errors:
+        raise errors[0]
