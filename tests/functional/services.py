@@ -13,10 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-from supervise.manager import Manager
-from supervise.periodic import periodic_task
-from supervise.rpc.dispatcher import Target
-from supervise.service import Service
 from supervise.services.echo import EchoEndpoint, EchoService
 
 EVENTS_DIR_VARIABLE = "TEST_EVENTS_DIR"
@@ -35,7 +31,7 @@ def record(event: str, slot: int, generation: int) -> None:
         os.close(fd)
 
 
-def _behaviour(name: str) -> str | None:
+def behaviour(name: str) -> str | None:
     path = _events_dir() / name
     return path.read_text().strip() if path.exists() else None
 
@@ -54,17 +50,17 @@ class Recorder:
         record("starting", self.slot, self.generation)
         if any(name in os.environ for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")):
             record("inherited-notify-socket", self.slot, self.generation)
-        delay = _behaviour("start-delay")
+        delay = behaviour("start-delay")
         if delay:
             time.sleep(float(delay))
-        if _behaviour("fail-start") is not None:
+        if behaviour("fail-start") is not None:
             record("failed", self.slot, self.generation)
             raise RuntimeError("told to fail by the test")
         record("started", self.slot, self.generation)
 
     def stop(self) -> None:
         record("stopping", self.slot, self.generation)
-        if _behaviour("hang-stop") is not None:
+        if behaviour("hang-stop") is not None:
             threading.Event().wait()
 
     def wait(self) -> None:
@@ -155,49 +151,3 @@ if cotyledon is not None:
         def terminate(self) -> None:
             record("stopping", self.worker_id, 0)
             self._stopped.set()
-
-
-class HookRecorder(Manager):
-    """A manager that records its hooks (and their arguments) and a fast periodic task.
-    Behaviour files: ``fail-init`` (init_host raises)."""
-
-    target = Target(version="1.0")
-
-    def __init__(self, host=None, **kwargs):
-        super().__init__(host=host, service_name="hooks", **kwargs)
-
-    def _record(self, event: str) -> None:
-        record(event, -1, -1)
-
-    def init_host(self, service_ref) -> None:
-        self._record("init_host:" + ("none" if service_ref is None else "ref"))
-        if _behaviour("fail-init") is not None:
-            raise RuntimeError("init_host told to fail by the test")
-
-    def pre_start_hook(self, service_ref) -> None:
-        self._record(f"pre_start_hook:{service_ref.id}")
-
-    def post_start_hook(self) -> None:
-        self._record("post_start_hook")
-
-    def graceful_shutdown(self, timeout: float) -> None:
-        self._record(f"graceful_shutdown:{timeout:g}")
-
-    def cleanup_host(self) -> None:
-        self._record("cleanup_host")
-
-    def reset(self) -> None:
-        self._record("reset")
-
-    def echo(self, context: dict, payload):
-        return payload
-
-    @periodic_task(spacing=0.2, run_immediately=True)
-    def _tick(self, context: dict) -> None:
-        self._record("tick")
-
-
-def hook_service(context):
-    return Service.create(
-        binary="nova-hooks", manager=HookRecorder, conf=context.conf, worker_id=context.worker_id
-    )

@@ -16,7 +16,7 @@ from supervise.rpc.dispatcher import Target
 from supervise.rpc.wire import RemoteError
 from tests.functional.conftest import wait_until
 
-HOOKS = "tests.functional.services:hook_service"
+HOOKS = "tests.functional.nova_services:hook_service"
 
 
 @pytest.fixture

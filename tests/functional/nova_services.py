@@ -1,0 +1,56 @@
+"""A nova Service for the functional tests (kept apart: it imports SQLAlchemy and Alembic,
+which would slow down every worker of the lighter test services)."""
+
+from __future__ import annotations
+
+from supervise.manager import Manager
+from supervise.periodic import periodic_task
+from supervise.rpc.dispatcher import Target
+from supervise.service import Service
+from tests.functional.services import behaviour, record
+
+
+class HookRecorder(Manager):
+    """A manager that records its hooks (and their arguments) and a fast periodic task.
+    Behaviour files: ``fail-init`` (init_host raises)."""
+
+    target = Target(version="1.0")
+
+    def __init__(self, host=None, **kwargs):
+        super().__init__(host=host, service_name="hooks", **kwargs)
+
+    def _record(self, event: str) -> None:
+        record(event, -1, -1)
+
+    def init_host(self, service_ref) -> None:
+        self._record("init_host:" + ("none" if service_ref is None else "ref"))
+        if behaviour("fail-init") is not None:
+            raise RuntimeError("init_host told to fail by the test")
+
+    def pre_start_hook(self, service_ref) -> None:
+        self._record(f"pre_start_hook:{service_ref.id}")
+
+    def post_start_hook(self) -> None:
+        self._record("post_start_hook")
+
+    def graceful_shutdown(self, timeout: float) -> None:
+        self._record(f"graceful_shutdown:{timeout:g}")
+
+    def cleanup_host(self) -> None:
+        self._record("cleanup_host")
+
+    def reset(self) -> None:
+        self._record("reset")
+
+    def echo(self, context: dict, payload):
+        return payload
+
+    @periodic_task(spacing=0.2, run_immediately=True)
+    def _tick(self, context: dict) -> None:
+        self._record("tick")
+
+
+def hook_service(context):
+    return Service.create(
+        binary="nova-hooks", manager=HookRecorder, conf=context.conf, worker_id=context.worker_id
+    )
