@@ -10,11 +10,15 @@ import time
 
 import pytest
 
+from supervise import config
 from supervise.db import Database
 from supervise.rpc.client import RPCClient
 from supervise.rpc.dispatcher import Target
 from supervise.rpc.wire import RemoteError
+from supervise.service import Service
 from tests.functional.conftest import wait_until
+from tests.functional.nova_services import HookRecorder
+from tests.functional.services import EVENTS_DIR_VARIABLE
 
 HOOKS = "tests.functional.nova_services:hook_service"
 
@@ -206,3 +210,29 @@ def test_reference_services_conductor_scheduler_compute(supervise, rabbit_url, t
         ("nova-conductor", "ctl", "conductor"),
         ("nova-scheduler", "ctl", "scheduler"),
     ]
+
+
+def test_kill_soft_deletes_the_record_and_the_service_registers_again(
+    rabbit_url, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(EVENTS_DIR_VARIABLE, str(tmp_path))
+    conf = config.load(
+        {
+            "transport_url": rabbit_url,
+            "database_url": f"sqlite:///{tmp_path / 'kill.db'}",
+            "periodic_enable": False,
+            "report_interval": 0.0,
+        },
+        environ={},
+    )
+    first = Service.create(host="h", binary="nova-hooks", manager=HookRecorder, conf=conf)
+    first.start()
+    first.kill()
+    assert first.db.service_get_by_host_and_binary("h", "nova-hooks") is None
+    second = Service.create(host="h", binary="nova-hooks", manager=HookRecorder, conf=conf)
+    second.start()
+    try:
+        assert second.service_ref.id != first.service_ref.id
+        assert [r.id for r in second.db.service_get_all(host="h")] == [second.service_ref.id]
+    finally:
+        second.stop()
