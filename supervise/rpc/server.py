@@ -285,7 +285,8 @@ class RPCServer:
             self._republish(message, queue, count)
         message.ack()
 
-    def _republish(self, message: kombu.message.Message, queue: str, count: int) -> None:
+    def _copy(self, message: kombu.message.Message, queue: str, count: int, **properties):
+        """Publish `message` again, straight into `queue`, with its redelivery count."""
         self._producer.publish(
             message.body,
             exchange="",
@@ -293,20 +294,15 @@ class RPCServer:
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             headers={**(message.headers or {}), REDELIVERIES_HEADER: count},
-            expiration=_expiration_seconds(message),
+            **properties,
         )
+
+    def _republish(self, message: kombu.message.Message, queue: str, count: int) -> None:
+        self._copy(message, queue, count, expiration=_expiration_seconds(message))
 
     def _dead_letter(self, message: kombu.message.Message, inner: dict, count: int) -> None:
         kombu.Queue(DEAD_LETTER_QUEUE, durable=True, auto_delete=False)(self._channel).declare()
-        self._producer.publish(
-            message.body,
-            exchange="",
-            routing_key=DEAD_LETTER_QUEUE,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            headers={**(message.headers or {}), REDELIVERIES_HEADER: count},
-            delivery_mode=2,
-        )
+        self._copy(message, DEAD_LETTER_QUEUE, count, delivery_mode=2)
         error = DeadLettered(f"the message was moved to {DEAD_LETTER_QUEUE} after {count} tries")
         self._answer(_reply_to(inner, None, wire.serialize_failure(error)))
 

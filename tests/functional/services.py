@@ -86,9 +86,6 @@ class CotyledonRecorder:
         record("stopping", self.worker_id, 0)
         self._stopped.set()
 
-    def reload(self) -> None:
-        record("reset", self.worker_id, 0)
-
 
 class CotyledonWithoutReload:
     """cotyledon-style without reload(): a mutate reload replaces the worker."""
@@ -134,20 +131,7 @@ except ImportError:  # the cotyledon extra is not installed
 
 if cotyledon is not None:
 
-    class RealCotyledonService(cotyledon.Service):
-        """A subclass of cotyledon's own Service class, as written for cotyledon."""
+    class RealCotyledonService(CotyledonRecorder, cotyledon.Service):
+        """A subclass of cotyledon's own Service class, with cotyledon's default reload()."""
 
         name = "real-cotyledon"
-
-        def __init__(self, worker_id: int):
-            super().__init__(worker_id)
-            self._stopped = threading.Event()
-            record("started", worker_id, 0)
-
-        def run(self) -> None:
-            record("run", self.worker_id, 0)
-            self._stopped.wait()
-
-        def terminate(self) -> None:
-            record("stopping", self.worker_id, 0)
-            self._stopped.set()
