@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -218,10 +219,25 @@ def _load_config(namespace: argparse.Namespace) -> config.Config:
     return config.load(_parse_flags(namespace), namespace.config_file)
 
 
+def _make_state_dir(conf: config.Config) -> None:
+    """The default queue and database files live in the state directory: create it (private
+    to this user) on first start, so that `supervise --workers 4 nova-conductor` needs no
+    set-up. Files configured elsewhere are the operator's to provide."""
+    if conf.transport_url and conf.database_url:
+        return
+    try:
+        os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the state directory {conf.state_dir}: {error.strerror}"
+        ) from None
+
+
 def _run(namespace: argparse.Namespace) -> int:
     load_config = functools.partial(config.load, _parse_flags(namespace), namespace.config_file)
     conf = load_config()
     service = hosted.resolve(namespace.service)
+    _make_state_dir(conf)
     try:
         logs.setup(conf.log_level, conf.log_file)
     except OSError as error:

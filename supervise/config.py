@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervise.cgroup import available_cpus
-from supervise.rpc.transport_url import BadTransportURL, kombu_urls
+from supervise.rpc.transport_url import BadTransportURL, kombu_urls, local_transport_url
 
 ENV_PREFIX = "SUPERVISE_"
 SECTION = "supervise"
@@ -151,10 +151,11 @@ class Config:
     heartbeat_interval: float = _option(
         5.0, _positive_float, "seconds between a worker's heartbeats to the master"
     )
-    transport_url: str = _option(
-        "rabbit://guest:guest@localhost:5672/",
+    transport_url: str | None = _option(
+        None,
         _transport_url,
-        "message broker, oslo style: rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost",
+        "message broker: rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost (oslo style) "
+        "or local:///path/queue.db; default: the local transport's file in state_dir",
     )
     control_exchange: str = _option("openstack", _text, "topic exchange of RPC messages")
     topic: str | None = _option(None, _text, "RPC topic of the service (default: its own)")
@@ -202,6 +203,12 @@ class Config:
     log_level: str = _option("INFO", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_file: str | None = _option(None, _text, "append logs to this file instead of stderr")
     config_file: tuple[str, ...] = field(default=(), metadata={"help": "INI config file"})
+
+    @property
+    def transport(self) -> str:
+        """The transport URL in force: the configured one, else the local transport's file in
+        the state directory (no broker needed on one host)."""
+        return self.transport_url or local_transport_url(self.state_dir)
 
     @property
     def database(self) -> str:

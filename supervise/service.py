@@ -132,7 +132,7 @@ class Service:
         self.manager.pre_start_hook(self.service_ref)
         endpoints = [self.manager, *self.manager.additional_endpoints, BaseAPI(self.binary)]
         self.rpcserver = RPCServer(
-            self.conf.transport_url,
+            self.conf.transport,
             Target(topic=self.topic, server=self.host),
             endpoints,
             ServerOptions.from_config(self.conf),

@@ -27,7 +27,7 @@ from typing import Any, NoReturn, Protocol
 import setproctitle
 
 from supervise import channel, hosted, logs
-from supervise.config import Config
+from supervise.config import Config, ConfigError
 from supervise.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ LOG = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_DRAIN_TIMEOUT = 4
-# sysexits' EX_CONFIG: the service cannot be loaded; the master stops rather than loop.
+# sysexits' EX_CONFIG: the service cannot be loaded, or its start raised ConfigError; the
+# master stops rather than loop.
 EXIT_LOAD_FAILED = 78
 
 PR_SET_PDEATHSIG = 1
@@ -168,6 +169,9 @@ class Worker:
         except _StopWhileStarting:
             LOG.info("stopped (SIGTERM) before the service was ready")
             return EXIT_OK
+        except ConfigError as error:  # e.g. a broker or queue file it cannot use: no retry
+            LOG.error("service %s cannot start: %s", self.spec.service.name, error)
+            return EXIT_LOAD_FAILED
         except Exception:
             LOG.exception("service %s failed to start", self.spec.service.name)
             return EXIT_FAILED

@@ -56,7 +56,7 @@ def main(namespace: argparse.Namespace, conf: Config) -> int:
         namespace=namespace.namespace,
         version=namespace.api_version,
     )
-    messenger = Messenger(conf.transport_url, publisher_confirms=conf.publisher_confirms)
+    messenger = Messenger(conf.transport, publisher_confirms=conf.publisher_confirms)
     client = RPCClient(messenger, target, timeout=timeout, exchange=conf.control_exchange)
     try:
         if namespace.cast:

@@ -21,7 +21,7 @@ import kombu.message
 
 from supervise.rpc import wire
 from supervise.rpc.dispatcher import Target
-from supervise.rpc.io import ConnectionLost, ConnectionThread
+from supervise.rpc.io import ConnectionFailed, ConnectionLost, ConnectionThread
 from supervise.rpc.server import fanout_exchange, topic_exchange
 from supervise.rpc.transport_url import mask
 
@@ -102,7 +102,11 @@ class Messenger:
 
     def publish(self, exchange: kombu.Exchange, routing_key: str, message: dict, timeout: float):
         """Publish from the I/O thread; raise BrokerUnreachable if it is not connected in time."""
-        if not self._io.connected.wait(timeout):
+        try:
+            connected = self._io.wait_connected(timeout)
+        except ConnectionFailed as error:
+            raise BrokerUnreachable(str(error)) from None
+        if not connected:
             raise BrokerUnreachable(
                 f"cannot reach the broker at {mask(self.transport_url)}"
                 + (f": {self._io.last_error}" if self._io.last_error else "")

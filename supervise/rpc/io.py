@@ -22,6 +22,7 @@ from typing import Any
 
 import kombu
 
+from supervise.config import ConfigError
 from supervise.rpc.transport_url import kombu_urls, mask
 from supervise.wakeup import Wakeup
 
@@ -37,6 +38,11 @@ Task = Callable[[kombu.Connection], Any]
 
 class ConnectionLost(Exception):
     """The broker connection went away before the work could be done."""
+
+
+class ConnectionFailed(ConfigError):
+    """The first connection failed in a way a retry cannot mend (credentials refused, a queue
+    file that cannot be opened): the operator must fix something. One line."""
 
 
 class _Stopping(Exception):
@@ -58,6 +64,9 @@ class ConnectionThread:
         self.publisher_confirms = publisher_confirms
         self.connected = threading.Event()
         self.last_error: str | None = None
+        self.failure: ConnectionFailed | None = None
+        self._settled = threading.Event()  # set while connected, and for good on a failure
+        self._ever_connected = False
         self._on_connect = on_connect
         self._tasks: deque[tuple[Task, Future | None]] = deque()
         self._timers: list[tuple[float, Task]] = []  # few at a time: a list is enough
@@ -68,6 +77,14 @@ class ConnectionThread:
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Whether it connected within `timeout`; raises ConnectionFailed at once if the
+        first connection failed for good."""
+        self._settled.wait(timeout)
+        if self.failure is not None:
+            raise self.failure
+        return self.connected.is_set()
 
     def submit(self, task: Task) -> Future:
         """Run ``task(connection)`` on the I/O thread; its result or error lands in the Future."""
@@ -90,7 +107,8 @@ class ConnectionThread:
 
     def stop(self, timeout: float | None = None) -> None:
         self._stopping.set()
-        self._wakeup.wake()
+        with contextlib.suppress(OSError):  # closed: the thread has ended (a failure) already
+            self._wakeup.wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -98,13 +116,23 @@ class ConnectionThread:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            conn = self._connect()
+            try:
+                conn = self._connect()
+            except Exception as error:  # not one kombu retries
+                if not self._ever_connected:
+                    self._give_up(error)
+                    break
+                self._begin_outage(f"cannot connect: {_describe(error)}")
+                self._stopping.wait(RETRY_MAX)  # it worked before: it may again
+                continue
             if conn is None:
                 break
             try:
                 self._on_connect(conn)
                 self._end_outage()
+                self._ever_connected = True
                 self.connected.set()
+                self._settled.set()
                 self._pump(conn)
             except (*conn.connection_errors, *conn.channel_errors, OSError) as error:
                 self._begin_outage(f"lost the connection: {_describe(error)}")
@@ -115,6 +143,7 @@ class ConnectionThread:
                 self._stopping.wait(RETRY_START)
             finally:
                 self.connected.clear()
+                self._settled.clear()
                 with contextlib.suppress(Exception):
                     conn.release()
         self._fail_pending(ConnectionLost("the connection was closed"))
@@ -141,6 +170,15 @@ class ConnectionThread:
             conn.release()
             return None
         return conn
+
+    def _give_up(self, error: Exception) -> None:
+        """Whoever waits for the connection reports it (a worker's start, a client's call)."""
+        self.failure = ConnectionFailed(
+            f"cannot connect to {mask(self.transport_url)}: {_describe(error)}"
+        )
+        self.last_error = str(self.failure)
+        self._fail_pending(self.failure)
+        self._settled.set()
 
     def _raise_if_stopping(self) -> None:
         if self._stopping.is_set():

@@ -132,9 +132,10 @@ class RPCServer:
     # ----- life cycle (any thread) --------------------------------------------------------
 
     def start(self) -> None:
-        """Connect and consume; return once the consumers are registered with the broker."""
+        """Connect and consume; return once the consumers are registered with the broker.
+        Raises ConnectionFailed if the first connection fails for good."""
         self._io.start()
-        self._io.connected.wait()
+        self._io.wait_connected()
 
     def stop(self) -> None:
         """Stop consuming: the broker sends this server nothing more. Then call `wait`."""

@@ -3,15 +3,26 @@
 oslo.messaging writes several hosts in one URL, ``rabbit://u:p@h1:5672,u:p@h2:5672/vhost``;
 kombu wants one URL per host, tried in turn (failover). Passwords never reach a log line:
 `mask` replaces them.
+
+``local:///absolute/path/queue.db`` is supervise's own broker-less transport
+(`supervise.rpc.embedded`), for the processes of one host; importing this module registers
+its scheme with kombu.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from urllib.parse import quote, unquote, urlsplit
 
-SCHEMES = {"rabbit": "amqp", "amqp": "amqp"}
+from kombu.transport import TRANSPORT_ALIASES
+
+LOCAL_SCHEME = "local"
+SCHEMES = {"rabbit": "amqp", "amqp": "amqp", LOCAL_SCHEME: LOCAL_SCHEME}
 DEFAULT_PORT = 5672
+LOCAL_FILE = "queue.db"
+
+TRANSPORT_ALIASES.setdefault(LOCAL_SCHEME, "supervise.rpc.embedded:Transport")
 
 
 class BadTransportURL(ValueError):
@@ -32,6 +43,9 @@ def kombu_urls(transport_url: str) -> list[str]:
             f"unsupported transport URL scheme {parts.scheme!r} in {mask(transport_url)} "
             f"(use {' or '.join(s + '://' for s in SCHEMES)})"
         )
+    if scheme == LOCAL_SCHEME:
+        local_path(transport_url)
+        return [transport_url]
     virtual_host = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     urls = []
     for host in parts.netloc.split(","):
@@ -44,3 +58,19 @@ def kombu_urls(transport_url: str) -> list[str]:
         login = f"{user}:{password}@" if user else ""
         urls.append(f"{scheme}://{login}{address}/{quote(virtual_host, safe='')}")
     return urls
+
+
+def local_transport_url(state_dir: str) -> str:
+    """The URL of the local transport's file in a state directory."""
+    return f"{LOCAL_SCHEME}://{quote(os.path.join(os.path.abspath(state_dir), LOCAL_FILE))}"
+
+
+def local_path(transport_url: str) -> str:
+    """The file of a ``local:///absolute/path`` URL."""
+    parts = urlsplit(transport_url)
+    path = unquote(parts.path)
+    if parts.netloc or not path.startswith("/") or path.endswith("/") or parts.query:
+        raise BadTransportURL(
+            f"{transport_url} does not name a file: use {LOCAL_SCHEME}:///absolute/path/queue.db"
+        )
+    return path

@@ -46,7 +46,7 @@ class EchoService:
         conf = context.conf
         target = Target(topic=conf.topic or TOPIC, server=conf.host)
         self.server = RPCServer(
-            conf.transport_url,
+            conf.transport,
             target,
             [self.endpoint_class(), BaseAPI("echo")],
             ServerOptions.from_config(conf),

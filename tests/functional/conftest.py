@@ -24,6 +24,7 @@ import pytest
 
 from supervise.rpc.client import Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
+from supervise.rpc.transport_url import local_transport_url
 from tests.functional.services import EVENTS_DIR_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,14 +192,31 @@ def rabbit_url() -> Iterator[str]:
         rabbitmqctl("delete_vhost", vhost)
 
 
+TRANSPORTS = ("rabbit", "embedded")
+# Runs a test once on RabbitMQ and once on the embedded transport (``local://``).
+each_transport = pytest.mark.parametrize("transport_url", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture
+def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The RPC tests' broker: RabbitMQ (the session's vhost) unless a test is marked
+    `each_transport`, which runs it also on the embedded transport, in a state directory
+    of the test's own."""
+    if getattr(request, "param", "rabbit") == "rabbit":
+        return request.getfixturevalue("rabbit_url")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    return local_transport_url(str(state_dir))
+
+
 @pytest.fixture
 def topic() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
-def messenger(rabbit_url: str) -> Iterator[Messenger]:
-    messenger = Messenger(rabbit_url)
+def messenger(transport_url: str) -> Iterator[Messenger]:
+    messenger = Messenger(transport_url)
     yield messenger
     messenger.close()
 
@@ -233,14 +251,14 @@ RPC_SERVICE = "tests.functional.services:RPCTestService"
 
 
 @pytest.fixture
-def serve(supervise, rabbit_url, topic):
+def serve(supervise, transport_url, topic):
     """Start `workers` RPC test workers on the test's topic; returns the Supervisor."""
 
     def start(workers: int = 2, *args: str, host: str = "hosta"):
         sup = supervise(
             RPC_SERVICE,
             "--workers", str(workers),
-            "--transport-url", rabbit_url,
+            "--transport-url", transport_url,
             "--topic", topic,
             "--host", host,
             "--heartbeat-interval", "0.5",

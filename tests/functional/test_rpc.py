@@ -1,4 +1,5 @@
-"""RPC through a real RabbitMQ to workers under a real master."""
+"""RPC to workers under a real master, through RabbitMQ and (`each_transport`) the embedded
+transport; tests of RabbitMQ itself (failover, AMQP heartbeats, no broker) use RabbitMQ only."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 from supervise.rpc import wire
 from supervise.rpc.client import BrokerUnreachable, MessagingTimeout, Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
-from tests.functional.conftest import wait_until
+from tests.functional.conftest import each_transport, wait_until
 
 
+@each_transport
 def test_call_cast_and_ping(serve, client):
     serve(2)
     assert client.call({}, "echo", payload={"a": [1, 2]}) == {"a": [1, 2]}
@@ -30,6 +32,7 @@ def test_call_cast_and_ping(serve, client):
     }
 
 
+@each_transport
 def test_calls_spread_over_workers_and_server_targeting(serve, client):
     sup = serve(2, host="hosta")
     pids = {client.call({}, "pid") for _ in range(40)}
@@ -39,6 +42,7 @@ def test_calls_spread_over_workers_and_server_targeting(serve, client):
         client.prepare(server="nohost", timeout=0.5).call({}, "pid")
 
 
+@each_transport
 def test_fanout_reaches_every_worker(serve, client, topic):
     sup = serve(3)
     client.prepare(fanout=True).cast({}, "fail", message="fanout-marker")
@@ -47,6 +51,7 @@ def test_fanout_reaches_every_worker(serve, client, topic):
     )
 
 
+@each_transport
 def test_remote_error_carries_class_message_and_traceback(serve, client):
     serve(1)
     with pytest.raises(wire.RemoteError) as error:
@@ -56,6 +61,7 @@ def test_remote_error_carries_class_message_and_traceback(serve, client):
     assert "raise ValueError(message)" in error.value.traceback
 
 
+@each_transport
 def test_killed_worker_calls_are_answered_by_another(serve, client):
     sup = serve(2)
     victim = client.call({}, "pid")
@@ -68,7 +74,8 @@ def test_killed_worker_calls_are_answered_by_another(serve, client):
     assert f"Child {victim} killed by signal 9" in sup.log()
 
 
-def test_poison_message_is_dead_lettered_and_the_loop_ends(serve, client, rabbit_url):
+@each_transport
+def test_poison_message_is_dead_lettered_and_the_loop_ends(serve, client):
     sup = serve(2, "--max-redeliveries", "2", "--max-restarts", "10")
     with pytest.raises(wire.RemoteError) as error:
         client.prepare(timeout=30).call({}, "die")
@@ -116,26 +123,27 @@ def test_amqp_heartbeats_flow_during_a_long_handler(serve, client):
     assert "lost the connection" not in sup.log()
 
 
-def run_call(rabbit_url: str, *args: str) -> subprocess.CompletedProcess:
+def run_call(transport_url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "supervise", "call", "--transport-url", rabbit_url, *args],
+        [sys.executable, "-m", "supervise", "call", "--transport-url", transport_url, *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-def test_call_command_prints_json_and_exits_1_on_errors(serve, rabbit_url, topic):
+@each_transport
+def test_call_command_prints_json_and_exits_1_on_errors(serve, transport_url, topic):
     serve(1)
-    done = run_call(rabbit_url, topic, "echo", 'payload={"k": [1, "x"]}')
+    done = run_call(transport_url, topic, "echo", 'payload={"k": [1, "x"]}')
     assert (done.returncode, done.stdout, done.stderr) == (0, '{"k": [1, "x"]}\n', "")
-    done = run_call(rabbit_url, "--json", '{"message": "bad"}', topic, "fail")
+    done = run_call(transport_url, "--json", '{"message": "bad"}', topic, "fail")
     assert done.returncode == 1
     assert done.stderr == "supervise: remote error: ValueError: bad\n"
-    done = run_call(rabbit_url, "--timeout", "0.5", topic, "sleep", "ms=3000")
+    done = run_call(transport_url, "--timeout", "0.5", topic, "sleep", "ms=3000")
     assert done.returncode == 1
     assert done.stderr == f"supervise: no reply to 'sleep' on topic '{topic}' within 0.5 s\n"
-    done = run_call(rabbit_url, "--cast", topic, "echo", "payload=1")
+    done = run_call(transport_url, "--cast", topic, "echo", "payload=1")
     assert (done.returncode, done.stdout) == (0, "")
 
 
@@ -147,6 +155,7 @@ def test_call_command_with_no_broker_says_so(topic):
     assert len(done.stderr.splitlines()) == 1
 
 
+@each_transport
 def test_call_monitor_heartbeats_between_supervise_client_and_server(serve, client):
     sup = serve(1)
     monitored = client.prepare(timeout=20, call_monitor_timeout=2)

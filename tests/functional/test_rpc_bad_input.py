@@ -1,4 +1,5 @@
-"""Bad messages published with kombu straight into a topic queue, to real workers.
+"""Bad messages published with kombu straight into a topic queue, to real workers, on both
+transports.
 
 Whatever arrives, a worker stays up, logs one WARNING line (no traceback) naming the problem,
 acks the message, answers a call it can read with an error reply, and loses nothing else:
@@ -21,7 +22,8 @@ from typing import Any
 import kombu
 import pytest
 
-from tests.functional.conftest import wait_until
+from supervise.rpc.transport_url import kombu_urls
+from tests.functional.conftest import each_transport, wait_until
 
 JSON = "application/json"
 ENVELOPE = {"oslo.version": "2.0"}
@@ -223,7 +225,8 @@ PARAMS = [
 
 @dataclass
 class Broker:
-    """Our own AMQP connection: publishes raw bodies, consumes a reply queue of our own."""
+    """Our own kombu connection to the transport in force: publishes raw bodies, consumes a
+    reply queue of our own."""
 
     url: str
     topic: str
@@ -231,7 +234,7 @@ class Broker:
     duplicates: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.conn = kombu.Connection(self.url.replace("rabbit://", "amqp://", 1))
+        self.conn = kombu.Connection(kombu_urls(self.url))
         self.channel = self.conn.channel()
         self.producer = kombu.Producer(self.channel, auto_declare=False)
         self.reply_queue = kombu.Queue(
@@ -294,8 +297,8 @@ class Broker:
 
 
 @pytest.fixture
-def broker(rabbit_url, topic):
-    broker = Broker(rabbit_url, topic)
+def broker(transport_url, topic):
+    broker = Broker(transport_url, topic)
     yield broker
     broker.close()
 
@@ -319,6 +322,7 @@ def _warnings(log: str) -> list[str]:
     ]
 
 
+@each_transport
 @pytest.mark.parametrize(("name", "kind"), PARAMS)
 def test_bad_message(name, kind, serve, client, broker, topic):
     case = CASES[name]

@@ -1,4 +1,5 @@
-"""Nothing lost on reload, drain, crash or broker restart, under a steady call load."""
+"""Nothing lost on reload, drain, crash or broker restart, under a steady call load (on both
+transports but for the broker restart)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from supervise.rpc.client import RPCClient
-from tests.functional.conftest import rabbitmqctl, wait_until
+from tests.functional.conftest import each_transport, rabbitmqctl, wait_until
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Load:
         wait_until(lambda: self.succeeded >= start + count, what=f"{count} more calls")
 
 
+@each_transport
 def test_rolling_reload_under_load_fails_no_call(serve, client):
     sup = serve(2)
     before = sup.worker_pids()
@@ -65,6 +67,7 @@ def test_rolling_reload_under_load_fails_no_call(serve, client):
     assert not sup.worker_pids() & before
 
 
+@each_transport
 def test_mutate_reload_under_load_fails_no_call(serve, client):
     sup = serve(2, "--reload-method", "mutate")
     with Load(client).running() as load:
@@ -75,6 +78,7 @@ def test_mutate_reload_under_load_fails_no_call(serve, client):
     assert not load.failures, load.failures[:5]
 
 
+@each_transport
 def test_draining_one_host_under_load_fails_no_call(serve, client):
     """Two hosts serve one topic; one is stopped, as in a rolling restart of a cluster."""
     leaving = serve(2, host="hosta")
