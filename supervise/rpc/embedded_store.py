@@ -3,9 +3,10 @@
 Everything another process must see lives in the file, bindings included, so a process that
 declared nothing can publish. SQLite in WAL mode lets readers run beside one writer; every
 read-modify-write runs in ``BEGIN IMMEDIATE`` with a busy timeout, so racing processes queue
-for the write lock instead of failing or losing updates. Commits are not synced to disk
-(``synchronous=NORMAL``): they survive any process's crash, not a power cut, like RabbitMQ's
-non-durable queues that oslo uses.
+for the write lock instead of failing or losing updates. Commits are not synced to disk, only
+checkpoints are (``synchronous=NORMAL``): a commit survives any process's crash, and a power
+cut may lose the last ones (as RabbitMQ loses the non-durable queues oslo uses) but leaves the
+file sound.
 
 A message delivered to a consumer stays in its row, marked with the connection and channel
 that hold it (``owner``); an ack deletes it; the death of its holder, a closed channel or a
@@ -217,10 +218,13 @@ class Store:
         """Every SWEEP_INTERVAL at most, whoever comes first: reap the dead, drop expired
         messages and unused expiring queues. Return the connections to wake."""
         now = time.time()
-        with self._write() as db:
-            swept_at = db.execute("SELECT value FROM meta WHERE key = 'swept_at'").fetchone()[0]
-            if not force and now - swept_at < SWEEP_INTERVAL:
+        swept_at = "SELECT value FROM meta WHERE key = 'swept_at'"
+        with self._errors():
+            if not force and now - self._db.execute(swept_at).fetchone()[0] < SWEEP_INTERVAL:
                 return []
+        with self._write() as db:
+            if not force and now - db.execute(swept_at).fetchone()[0] < SWEEP_INTERVAL:
+                return []  # another process was quicker
             db.execute("UPDATE meta SET value = ? WHERE key = 'swept_at'", (now,))
             rows = db.execute("SELECT DISTINCT pid, started FROM connections").fetchall()
             queues, _ = _reap(db, [Identity(*row) for row in rows if not is_alive(Identity(*row))])
@@ -460,21 +464,11 @@ class Store:
         with self._write():
             pass
 
-    def release(
-        self, channel: int, ids: Iterable[int] | None = None, *, redelivered: bool
-    ) -> list[int]:
-        """Hand back messages this channel holds: these, or all of them. Return the
-        connections to wake."""
-        where, args = "owner = ? AND channel = ?", (self.connection_id, channel)
-        if ids is not None:
-            where, args = (
-                where + " AND id IN (SELECT value FROM json_each(?))",
-                (
-                    *args,
-                    _json_list(ids),
-                ),
-            )
+    def release(self, channel: int, ids: Iterable[int], *, redelivered: bool) -> list[int]:
+        """Hand back these messages that this channel holds. Return the connections to wake."""
+        where = "owner = ? AND channel = ? AND id IN (SELECT value FROM json_each(?))"
         with self._write() as db:
+            args = (self.connection_id, channel, _json_list(ids))
             return _consumers_of(db, _release(db, where, args, redelivered=redelivered))
 
     def close_channel(self, channel: int) -> list[int]:
@@ -494,7 +488,7 @@ def _members_changed(db: sqlite3.Connection) -> None:
 
 
 def _require(db: sqlite3.Connection, table: str, name: str, what: str) -> None:
-    if db.execute(f"SELECT 1 FROM {table} WHERE name = ?", (name,)).fetchone() is None:
+    if not _exists(db, table, name):
         raise NotFound(f"NOT_FOUND - no {what} {name!r}", method_sig=(50, 20))
 
 

@@ -1,13 +1,14 @@
 """How the processes that share a local queue file wake each other and notice each other die.
 
 Each connection binds a datagram socket in Linux's abstract namespace, named after the queue
-file and the connection's id; after its commit a publisher sends one byte to every connection
+file and the connection's id; after its commit a publisher sends one byte to a connection
 that consumes from a queue it filled. A connection that consumes also holds a pidfd for every
 other process connected to the file: the kernel makes it readable when that process exits,
 however it exits (``kill -9`` included), so the messages the dead process held go back to
-their queues at once, with no lease or visibility timeout to wait out. The socket and the
-pidfds sit in one epoll set, and that set's descriptor is what the caller selects on: it is
-readable exactly when there is something to do, so an idle consumer sleeps in ``select``.
+their queues at once, with no lease or visibility timeout to wait out. The socket, the pidfds
+and a timerfd (for acks written late) sit in one epoll set, and that set's descriptor is what
+the caller selects on: it is readable exactly when there is something to do, so an idle
+consumer sleeps in ``select``.
 
 A publish wakes one consumer of each queue it filled, in turn, not all of them: a herd woken
 for one message costs CPU the one that takes it needs. A consumer that leaves ready messages
@@ -29,7 +30,7 @@ from typing import NamedTuple
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 CLOCK_MONOTONIC = 1
-TFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
+TFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC  # TFD_NONBLOCK | TFD_CLOEXEC on Linux
 
 
 class _Timespec(ctypes.Structure):

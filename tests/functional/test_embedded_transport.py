@@ -423,10 +423,8 @@ def test_workers_that_cannot_open_the_queue_file_stop_the_master_with_status_2(
 
 
 def test_supervise_call_reaches_workers_started_with_the_default_transport(supervise, tmp_path):
-    state_dir = tmp_path / "default-state"
-    state_dir.mkdir()
-    if not Config(state_dir=str(state_dir)).transport.startswith("local:"):
-        pytest.skip("the default transport_url is not the embedded transport yet")
+    state_dir = tmp_path / "default-state"  # the master creates it on its first start
+    assert Config(state_dir=str(state_dir)).transport == local_transport_url(str(state_dir))
     env = {"SUPERVISE_STATE_DIR": str(state_dir)}
     sup = supervise("echo", "--workers", "2", env=env)
     sup.wait_ready(2)

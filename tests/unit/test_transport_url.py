@@ -1,6 +1,6 @@
 import pytest
 
-from supervise.rpc.transport_url import BadTransportURL, kombu_urls, mask
+from supervise.rpc.transport_url import BadTransportURL, kombu_urls, local_transport_url, mask
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,19 @@ def test_mask_hides_every_password():
     url = "rabbit://a:pw1@h1:5672,b:pw2@h2:5672/v"
     assert mask(url) == "rabbit://a:****@h1:5672,b:****@h2:5672/v"
     assert mask("rabbit://h/") == "rabbit://h/"
+
+
+def test_local_urls_name_an_absolute_file_and_pass_to_kombu_unchanged():
+    assert kombu_urls("local:///var/lib/supervise/queue.db") == [
+        "local:///var/lib/supervise/queue.db"
+    ]
+    assert local_transport_url("/var/lib/supervise") == "local:///var/lib/supervise/queue.db"
+    assert local_transport_url("/a dir/x%y") == "local:///a%20dir/x%25y/queue.db"
+
+
+@pytest.mark.parametrize(
+    "url", ["local://queue.db", "local://host/q.db", "local:///var/lib/", "local:///q.db?x=1"]
+)
+def test_local_urls_that_name_no_absolute_file_are_refused(url):
+    with pytest.raises(BadTransportURL, match="does not name a file: use local:///"):
+        kombu_urls(url)
