@@ -54,15 +54,21 @@ class Load:
         wait_until(lambda: self.succeeded >= start + count, what=f"{count} more calls")
 
 
-@each_transport
-def test_rolling_reload_under_load_fails_no_call(serve, client):
-    sup = serve(2)
-    before = sup.worker_pids()
+def reload_under_load(sup, client: RPCClient) -> Load:
+    """SIGHUP while callers call; return the load once the reload ended and calls went on."""
     with Load(client).running() as load:
         load.wait_for_calls(50)
         sup.signal(signal.SIGHUP)
         wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="the reload to end")
         load.wait_for_calls(50)
+    return load
+
+
+@each_transport
+def test_rolling_reload_under_load_fails_no_call(serve, client):
+    sup = serve(2)
+    before = sup.worker_pids()
+    load = reload_under_load(sup, client)
     assert not load.failures, load.failures[:5]
     assert not sup.worker_pids() & before
 
@@ -70,11 +76,7 @@ def test_rolling_reload_under_load_fails_no_call(serve, client):
 @each_transport
 def test_mutate_reload_under_load_fails_no_call(serve, client):
     sup = serve(2, "--reload-method", "mutate")
-    with Load(client).running() as load:
-        load.wait_for_calls(50)
-        sup.signal(signal.SIGHUP)
-        wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="the reload to end")
-        load.wait_for_calls(50)
+    load = reload_under_load(sup, client)
     assert not load.failures, load.failures[:5]
 
 
