@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from supervise import config, hosted, logs, master
+from supervise import config, exitcodes, hosted, logs, master
 from supervise.config import ConfigError
 from supervise.rpc.transport_url import BadTransportURL
 from supervise.systemd import Notifier
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if list(argv) in (["-h"], ["--help"]):
             _print_help()
-            return master.EXIT_OK
+            return exitcodes.OK
         namespace = build_parsers()[0].parse_args(_with_implied_run(argv))
         if namespace.command is None:
             raise UsageError("missing SERVICE (see supervise --help)")
@@ -210,9 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(namespace)
     except (UsageError, ConfigError, hosted.ServiceNotFound, BadTransportURL) as error:
         print(f"supervise: error: {error}", file=sys.stderr)
-        return master.EXIT_USAGE
+        return exitcodes.USAGE
     except KeyboardInterrupt:
-        return master.EXIT_ERROR
+        return exitcodes.FAILED
 
 
 def _load_config(namespace: argparse.Namespace) -> config.Config:
@@ -248,4 +248,4 @@ def _run(namespace: argparse.Namespace) -> int:
         return supervisor.run()
     except Exception:
         LOG.exception("the master failed")
-        return master.EXIT_ERROR
+        return exitcodes.FAILED

@@ -27,18 +27,13 @@ from typing import Any
 
 import setproctitle
 
-from supervise import cgroup, channel, hosted, logs, worker
+from supervise import cgroup, channel, exitcodes, hosted, logs, worker
 from supervise.config import Config, ConfigError
 from supervise.systemd import Notifier
 from supervise.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_CRASH_LOOP = 3
-EXIT_UNCLEAN_STOP = 4
 
 FAST_STOP_GRACE = 2.0
 NOTIFY_RETRY = 1.0
@@ -110,7 +105,7 @@ class Master:
         self.notifier = notifier
         self.preloaded = hosted.load(service) if conf.preload else None
         self.phase = Phase.RUNNING
-        self.exit_code = EXIT_OK
+        self.exit_code = exitcodes.OK
         self.generation = 1
         self.last_generation = 1
         self.slots: list[Slot] = []
@@ -376,8 +371,8 @@ class Master:
     def _on_exit(self, child: Child, code: int) -> None:
         slot = self._slot_of(child)
         if child.draining or slot is None:
-            if self.phase is not Phase.RUNNING and code != 0 and self.exit_code == EXIT_OK:
-                self.exit_code = EXIT_UNCLEAN_STOP
+            if self.phase is not Phase.RUNNING and code != 0 and self.exit_code == exitcodes.OK:
+                self.exit_code = exitcodes.UNCLEAN_STOP
             return
         if slot.replacement is child:
             slot.replacement = None
@@ -386,9 +381,9 @@ class Master:
         slot.worker = None
         if self.phase is not Phase.RUNNING:
             return
-        if code == worker.EXIT_LOAD_FAILED and not self.ever_ready:
+        if code == exitcodes.WORKER_LOAD_FAILED and not self.ever_ready:
             LOG.error("service %s cannot be loaded: stopping", self.service.name)
-            self._begin_stop("the service cannot be loaded", EXIT_USAGE)
+            self._begin_stop("the service cannot be loaded", exitcodes.USAGE)
             return
         if child.reset_pending and code == 0:
             self._spawn(slot)  # it asked to be replaced instead of resetting in place
@@ -411,7 +406,7 @@ class Master:
                 self.conf.restart_window,
                 self.conf.max_restarts,
             )
-            self._begin_stop("crash loop", EXIT_CRASH_LOOP)
+            self._begin_stop("crash loop", exitcodes.CRASH_LOOP)
             return
         if slot.replacement is not None:
             return  # a reload is already starting this slot's next worker
@@ -478,8 +473,8 @@ class Master:
 
     # ----- stopping ---------------------------------------------------------------------
 
-    def _begin_stop(self, reason: str, exit_code: int = EXIT_OK) -> None:
-        if self.exit_code == EXIT_OK:
+    def _begin_stop(self, reason: str, exit_code: int = exitcodes.OK) -> None:
+        if self.exit_code == exitcodes.OK:
             self.exit_code = exit_code
         if self.phase is not Phase.RUNNING:
             return

@@ -7,12 +7,10 @@ import json
 import sys
 from typing import Any
 
+from supervise import exitcodes
 from supervise.config import Config
 from supervise.db import Database, DatabaseError
 from supervise.servicegroup import ServiceGroup
-
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 COLUMNS = ("id", "binary", "host", "topic", "status", "state", "updated_at", "forced_down")
 
@@ -69,11 +67,11 @@ def main(namespace: argparse.Namespace, conf: Config) -> int:
             if record is None:
                 host, binary = namespace.service_host, namespace.service_binary
                 print(f"supervise: no service {binary} on host {host}", file=sys.stderr)
-                return EXIT_FAILED
+                return exitcodes.FAILED
             records = [] if namespace.action == "delete" else [record]
     except DatabaseError as error:
         print(f"supervise: database error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     if namespace.action != "delete":
         _print([_row(r, servicegroup) for r in records], namespace.json)
-    return EXIT_OK
+    return exitcodes.OK

@@ -26,18 +26,12 @@ from typing import Any, NoReturn, Protocol
 
 import setproctitle
 
-from supervise import channel, hosted, logs
+from supervise import channel, exitcodes, hosted, logs
 from supervise.config import Config, ConfigError
 from supervise.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_DRAIN_TIMEOUT = 4
-# sysexits' EX_CONFIG: the service cannot be loaded, or its start raised ConfigError; the
-# master stops rather than loop.
-EXIT_LOAD_FAILED = 78
 
 PR_SET_PDEATHSIG = 1
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
@@ -67,7 +61,7 @@ class WorkerSpec:
 
 def run(spec: WorkerSpec, link: socket.socket, inherited: list[Closable]) -> NoReturn:
     """Entry point right after fork(), with every signal the master handles still blocked."""
-    code = EXIT_FAILED
+    code = exitcodes.FAILED
     try:
         code = Worker(spec, link, inherited).main()
     except BaseException:
@@ -145,7 +139,7 @@ class Worker:
     def _quit_now(self, _signum: int, _frame: Any) -> None:
         LOG.info("fast stop: exiting without draining")
         logs.flush()
-        os._exit(EXIT_OK)
+        os._exit(exitcodes.OK)
 
     def _request_stop(self, reason: str) -> None:
         if self._stop_reason is None:
@@ -160,7 +154,7 @@ class Worker:
             target = self.spec.preloaded or hosted.load(self.spec.service)
         except hosted.ServiceNotFound as error:
             LOG.error("%s", error)
-            return EXIT_LOAD_FAILED
+            return exitcodes.WORKER_LOAD_FAILED
         context = hosted.WorkerContext(self.spec.slot, self.spec.generation, self.conf)
         self.service = hosted.host(target, context, on_crash=self._on_crash)
         self._starting = True
@@ -168,13 +162,13 @@ class Worker:
             self.service.start()
         except _StopWhileStarting:
             LOG.info("stopped (SIGTERM) before the service was ready")
-            return EXIT_OK
+            return exitcodes.OK
         except ConfigError as error:  # e.g. a broker or queue file it cannot use: no retry
             LOG.error("service %s cannot start: %s", self.spec.service.name, error)
-            return EXIT_LOAD_FAILED
+            return exitcodes.WORKER_LOAD_FAILED
         except Exception:
             LOG.exception("service %s failed to start", self.spec.service.name)
-            return EXIT_FAILED
+            return exitcodes.FAILED
         finally:
             self._starting = False
         self._handle_signals()
@@ -183,7 +177,7 @@ class Worker:
             LOG.info("ready: %s started", self.spec.service.name)
         self._serve()
         if self._crashed.is_set():
-            return EXIT_FAILED
+            return exitcodes.FAILED
         return self._drain()
 
     def _serve(self) -> None:
@@ -242,9 +236,9 @@ class Worker:
             self.service.stop()
         except Exception:
             LOG.exception("service %s failed to stop cleanly", self.spec.service.name)
-            return EXIT_FAILED
+            return exitcodes.FAILED
         LOG.info("stopped")
-        return EXIT_OK
+        return exitcodes.OK
 
     def _drain_timed_out(self) -> None:
         LOG.error(
@@ -252,4 +246,4 @@ class Worker:
             self.conf.graceful_shutdown_timeout,
         )
         logs.flush()
-        os._exit(EXIT_DRAIN_TIMEOUT)
+        os._exit(exitcodes.WORKER_DRAIN_TIMEOUT)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 
+from supervise import exitcodes
 from supervise.config import Config
 from supervise.db.api import Database
 from supervise.db.errors import BadDatabaseURL, DatabaseError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def main(conf: Config) -> int:
@@ -25,13 +22,13 @@ def main(conf: Config) -> int:
         database = Database(conf.database)
     except BadDatabaseURL as error:
         print(f"supervise: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     try:
         before = database.schema_revision()
         after = database.sync()
     except DatabaseError as error:
         print(f"supervise: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     finally:
         database.close()
     if before == after:
@@ -41,4 +38,4 @@ def main(conf: Config) -> int:
             f"database {database.safe_url} upgraded from schema revision "
             f"{before or '(empty)'} to {after}"
         )
-    return EXIT_OK
+    return exitcodes.OK

@@ -8,13 +8,11 @@ import logging
 import sys
 from typing import Any
 
+from supervise import exitcodes
 from supervise.config import Config, ConfigError, parse
 from supervise.rpc import wire
 from supervise.rpc.client import BrokerUnreachable, MessagingTimeout, Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
-
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 def _arguments(namespace: argparse.Namespace) -> dict[str, Any]:
@@ -63,11 +61,11 @@ def main(namespace: argparse.Namespace, conf: Config) -> int:
             client.cast({}, namespace.method, **arguments)
         else:
             print(json.dumps(client.call({}, namespace.method, **arguments)))
-        return EXIT_OK
+        return exitcodes.OK
     except wire.RemoteError as error:
         print(f"supervise: remote error: {error.exc_type}: {error.value}", file=sys.stderr)
     except (MessagingTimeout, BrokerUnreachable) as error:
         print(f"supervise: {error}", file=sys.stderr)
     finally:
         messenger.close()
-    return EXIT_FAILED
+    return exitcodes.FAILED
