@@ -1,6 +1,6 @@
 """Figures of the embedded transport (``local://``) against kombu's server-less transports.
 
-    python bench/embedded.py [--messages 10000] [--calls 2000] [--idle-seconds 10]
+    python bench/embedded.py [--messages 10000] [--calls 2000] [--idle-seconds 10] [--repeat 3]
 
 1. Throughput: one producer and two consumer processes, plain kombu, move ``--messages``
    messages through a direct exchange; consumers hold up to 50 unacked and ack each message
@@ -15,6 +15,9 @@
 3. Idle: ``supervise --workers 4 --transport-url local:///... echo``, all ready (READY=1 on
    its notify socket): CPU of the master and workers over ``--idle-seconds``, from
    ``/proc/PID/task/*/schedstat`` (nanoseconds), and their wake-ups (context switches).
+
+With ``--repeat N`` all three run N times in turn, and each figure is then printed as the
+median and the range of the N rounds.
 
 Every process it starts is in a session of its own and is killed with its whole group when
 its measurement ends; every wait has a deadline.
@@ -354,17 +357,16 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--peer"]:
-        return run_peer(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--idle-seconds", type=float, default=10.0)
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    workdir = Path(tempfile.mkdtemp(prefix="embedded-bench-"))
+def _spread(values: list[float], show: Callable[[float], str]) -> str:
+    """Median [min-max] of one figure over the rounds."""
+    if len(values) == 1:
+        return show(values[0])
+    return f"{show(statistics.median(values))} [{show(min(values))}-{show(max(values))}]"
+
+
+def run_round(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """One round of every measurement, printed as it goes; the figures, by name."""
+    figures: dict[str, float] = {}
     print(f"1 producer + 2 consumer processes, {args.messages} messages (logs in {workdir})")
     print(f"{'transport':<24}{'publish/s':>11}{'end to end/s':>14}{'lost':>7}{'dup':>6}  notes")
     for name, (url, options) in transports(workdir).items():
@@ -376,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.lost:>7}{result.duplicated:>6}  {'; '.join(result.notes)}",
             flush=True,
         )
+        if result.end_to_end_per_s is not None:
+            figures[f"{name} end to end/s"] = result.end_to_end_per_s
+        figures[f"{name} lost"] = result.lost
+        figures[f"{name} dup"] = result.duplicated
     calls_dir = workdir / "calls"
     calls_dir.mkdir()
     calls = measure_calls(args.calls, calls_dir)
@@ -384,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         f"p50 {calls['p50'] * 1000:.2f} ms, p99 {calls['p99'] * 1000:.2f} ms; "
         f"16 threads: {calls['c16']:,.0f} calls/s"
     )
+    figures["call p50 ms"] = calls["p50"] * 1000
+    figures["call p99 ms"] = calls["p99"] * 1000
+    figures["calls/s, 16 threads"] = calls["c16"]
     idle_dir = workdir / "idle"
     idle_dir.mkdir()
     idle = measure_idle(args.idle_seconds, idle_dir)
@@ -392,6 +401,39 @@ def main(argv: list[str] | None = None) -> int:
         f"{idle['master_pct']:.3f} % of a core, 4 workers {idle['workers_pct']:.3f} %, "
         f"{idle['wakeups_per_s']:.1f} wake-ups/s over {idle['processes']:.0f} processes"
     )
+    figures["idle master % of a core"] = idle["master_pct"]
+    figures["idle workers % of a core"] = idle["workers_pct"]
+    return figures
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--peer"]:
+        return run_peer(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (default 1)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    workdir = Path(tempfile.mkdtemp(prefix="embedded-bench-"))
+    rounds = []
+    for number in range(1, args.repeat + 1):
+        if args.repeat > 1:
+            print(f"\n== round {number} of {args.repeat}")
+        round_dir = workdir / f"round-{number}"
+        round_dir.mkdir()
+        rounds.append(run_round(args, round_dir))
+    if len(rounds) > 1:
+        print(f"\n{len(rounds)} rounds: median [min-max]")
+        for name in rounds[0]:
+            values = [figures[name] for figures in rounds if name in figures]
+            print(f"  {name:<36}{_spread(values, _figure)}  ({len(values)} rounds)")
     return 0
 
 

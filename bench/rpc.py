@@ -1,6 +1,6 @@
 """RPC figures: supervise's echo service against oslo.service + oslo.messaging and raw kombu.
 
-    python bench/rpc.py [--seconds 5] [--workers 4] [--skip-peers]
+    python bench/rpc.py [--seconds 5] [--workers 4] [--skip-peers] [--repeat 3]
 
 In a RabbitMQ vhost of its own (made with ``rabbitmqctl`` and deleted at the end), it runs,
 one after the other, three servers of N worker processes on topics ``bench_rpc_<server>``:
@@ -21,6 +21,10 @@ so it is estimated: a server's p50 minus the p50 of the same client against
 ``bench/peers/rpc_amqp_reflector.py``, a py-amqp process that answers at once (the transport
 and the client cost, without a server). The raw py-amqp round trip through that reflector is
 printed too.
+
+With ``--repeat N`` the whole sequence (baseline, then each server) runs N times, so the
+servers take turns and a noisy moment of the machine falls on all of them; each figure and
+each ratio (computed within a round) is then printed as the median and the range of the N.
 
 Every process it starts is in a session of its own and is killed with its whole group when
 its measurement ends, whatever happened (Ctrl-C included); every wait has a deadline.
@@ -706,6 +710,59 @@ def _target_text(row: Row, values: dict[str, float | None]) -> str:
     return ", ".join(parts)
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _spread(values: list[float | None], show: Callable[[float | None], str]) -> str:
+    """Median [min-max] of one figure over the rounds that measured it."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    if len(known) == 1:
+        return show(known[0])
+    return f"{show(_median(known))} [{show(min(known))}-{show(max(known))}]"
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+Round = tuple[dict[str, dict[str, Outcome]], dict[str, Outcome]]
+
+
+def report_rounds(rounds: list[Round]) -> None:
+    """The median and range of every figure and ratio over the rounds, one row each."""
+    names = [name for name in ("raw-kombu", "oslo", "supervise") if name in rounds[0][0]]
+    print()
+    print(
+        f"RPC, {len(rounds)} rounds: median [min-max] of each figure and of each ratio "
+        "(computed within a round)"
+    )
+    for row in rows(rounds[0][1]):
+        per_round = []
+        for results, baseline in rounds:
+            this_row = next(r for r in rows(baseline) if r.label == row.label)
+            per_round.append({name: this_row.value(results[name]) for name in names})
+        print(f"{row.label}")
+        for name in names:
+            print(f"    {name:12}{_spread([values[name] for values in per_round], row.show)}")
+        for peer in ("oslo", "raw-kombu"):
+            if peer in names and "supervise" in names:
+                ratios = [_ratio(v["supervise"], v[peer]) for v in per_round]
+                print(f"    {'sup/' + peer:12}{_spread(ratios, _times)}")
+    noisy = sum(
+        1
+        for results, _ in rounds
+        for outcomes in results.values()
+        for o in outcomes.values()
+        if o.other_cpu > NOISY_OTHER_CPU
+    )
+    print(f"measurements marked noisy (other CPU > {NOISY_OTHER_CPU}%): {noisy}")
+
+
 def report(
     results: dict[str, dict[str, Outcome]], baseline: dict[str, Outcome], args: argparse.Namespace
 ) -> None:
@@ -821,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         default="eventlet",
         help="oslo.service backend of the oslo peer (default: oslo.service's, eventlet)",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every server (default 1)")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # a client process's spec
     args = parser.parse_args(argv)
     if args.client:
@@ -835,13 +893,19 @@ def main(argv: list[str] | None = None) -> int:
         with own_vhost(args.transport_url) as url:
             bench = Bench(url, args.seconds, args.client_processes, logdir)
             try:
-                baseline = measure_baseline(bench)
                 commands = server_commands(url, args.workers, args.oslo_backend)
                 names = ["supervise"] if args.skip_peers else list(commands)
-                results = {
-                    name: measure_server(bench, name, commands[name](topic_of(name)), args.workers)
-                    for name in names
-                }
+                rounds: list[Round] = []
+                for number in range(1, args.repeat + 1):
+                    progress(f"round {number} of {args.repeat}")
+                    baseline = measure_baseline(bench)
+                    results = {
+                        name: measure_server(
+                            bench, name, commands[name](topic_of(name)), args.workers
+                        )
+                        for name in names
+                    }
+                    rounds.append((results, baseline))
             finally:
                 bench.close()
     except BenchError as error:
@@ -850,7 +914,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rpc bench: interrupted; every process stopped, vhost deleted", file=sys.stderr)
         return 130
-    report(results, baseline, args)
+    for results, baseline in rounds:
+        report(results, baseline, args)
+    if len(rounds) > 1:
+        report_rounds(rounds)
     return 0
 
 

@@ -598,7 +598,8 @@ def _cell(row: Row, samples: list[float], window: float) -> str:
         return f"{share * window * 1000:.2f} ms = {share * 100:.3f} %"
     if row.unit == "rate":
         return f"{samples[0]:.1f}/s"
-    return f"{_seconds(statistics.median(samples))} / {_seconds(max(samples))}"
+    low, high = _seconds(min(samples)), _seconds(max(samples))
+    return f"{_seconds(statistics.median(samples))} [{low}-{high}]"
 
 
 def _verdict(row: Row, samples: list[float]) -> str:
@@ -615,7 +616,7 @@ def report(args: argparse.Namespace, results: Results, columns: list[str]) -> st
     lines = [
         f"supervise bench: {args.workers} workers, {args.repeat} repeats, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
-        "times are median / max over the repeats (a fresh master each time); CPU is one "
+        "times are median [min-max] over the repeats (a fresh master each time); CPU is one "
         f"{args.idle_seconds:g} s window",
         "",
     ]
