@@ -407,7 +407,11 @@ def run_round(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
 
 
 def _figure(value: float) -> str:
-    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    if value == int(value):
+        return f"{int(value):,}"
+    if abs(value) < 1:
+        return f"{value:.3f}"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
