@@ -13,6 +13,7 @@ again while it runs, with the CPU the workers and the flooder used over that win
 from __future__ import annotations
 
 import argparse
+import os
 import pwd
 import statistics
 import subprocess
@@ -25,13 +26,17 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from embedded import _cpu_ns, kill_group, supervise_echo  # noqa: E402
+from embedded import _cpu_ns, kill_group, supervise_echo
 
-from supervise.rpc.client import Messenger, RPCClient  # noqa: E402
-from supervise.rpc.dispatcher import Target  # noqa: E402
+from supervise.rpc.client import Messenger, RPCClient
+from supervise.rpc.dispatcher import Target
 
 FLOODER = """
-import socket, time
+import os, signal, socket, sys, time
+wake_directory, old_prefix = sys.argv[1:]
+PREFIXES = (old_prefix, "/proc/self/fd/")  # this run's names before and after hardening
+sent = failed = 0
+signal.signal(signal.SIGTERM, lambda *_: (print(sent, failed), sys.exit(0)))
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.setblocking(False)
 names, looked = [], 0.0
@@ -39,12 +44,15 @@ while True:
     if time.monotonic() - looked > 0.5:
         looked = time.monotonic()
         with open("/proc/net/unix") as table:
-            names = [line.split()[-1] for line in table if "@supervise-local" in line]
+            bound = [row[7] for row in map(str.split, table) if len(row) > 7]
+        names = [n.replace("@", "\\0", 1) for n in bound if n.startswith(PREFIXES)]
+        names += [os.path.join(wake_directory, str(n)) for n in range(1, 9)]
     for name in names:
         try:
-            sock.sendto(b"r", "\\0" + name[1:])
+            sock.sendto(b"r", name)
+            sent += 1
         except OSError:
-            pass
+            failed += 1
 """
 
 
@@ -77,11 +85,26 @@ def main() -> None:
             try:
                 client = RPCClient(messenger, Target(topic=topic), timeout=10)
                 time_calls(client, 200)  # warm up
+                began = cpu_seconds(workers), time.monotonic()
                 quiet = time_calls(client, options.calls)
+                quiet_cpu = (cpu_seconds(workers) - began[0]) / (time.monotonic() - began[1])
+                wake_directory = str(workdir / "queue.db.wake")
+                queue_file = os.stat(workdir / "queue.db")  # abstract names, before hardening:
+                old_prefix = f"@supervise-local-{queue_file.st_dev:x}-{queue_file.st_ino:x}-"
                 user = pwd.getpwnam(options.user)
                 setpriv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}"]
                 flooder = subprocess.Popen(
-                    [*setpriv, "--clear-groups", sys.executable, "-c", FLOODER],
+                    [
+                        *setpriv,
+                        "--clear-groups",
+                        sys.executable,
+                        "-c",
+                        FLOODER,
+                        wake_directory,
+                        old_prefix,
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
                     start_new_session=True,
                 )
                 try:
@@ -90,16 +113,22 @@ def main() -> None:
                     before = cpu_seconds(workers), cpu_seconds([flooding]), time.monotonic()
                     flooded = time_calls(client, options.calls)
                     after = cpu_seconds(workers), cpu_seconds([flooding]), time.monotonic()
+                    flooder.terminate()
+                    sent, failed = flooder.communicate(timeout=10)[0].split()
                 finally:
                     kill_group(flooder)
             finally:
                 messenger.close()
     window = after[2] - before[2]
-    print(f"without flood: p50 {quiet['p50_ms']:.2f} ms, p99 {quiet['p99_ms']:.2f} ms")
+    print(
+        f"without flood: p50 {quiet['p50_ms']:.2f} ms, p99 {quiet['p99_ms']:.2f} ms; "
+        f"workers {quiet_cpu:.2f} CPU s/s"
+    )
     print(
         f"with flood:    p50 {flooded['p50_ms']:.2f} ms, p99 {flooded['p99_ms']:.2f} ms; "
-        f"over {window:.1f} s the workers used {after[0] - before[0]:.2f} CPU s, "
-        f"the flooder {after[1] - before[1]:.2f} CPU s"
+        f"workers {(after[0] - before[0]) / window:.2f} CPU s/s, "
+        f"flooder {(after[1] - before[1]) / window:.2f} CPU s/s "
+        f"({sent} datagrams sent, {failed} refused)"
     )
 
 

@@ -55,7 +55,9 @@ def check_directory(directory: str) -> None:
         try:
             link = os.lstat(prefix)
             if stat.S_ISLNK(link.st_mode) and link.st_uid not in trusted:
-                raise UnsafePath(f"{prefix} is a symlink of another user ({_describe(link)})")
+                raise UnsafePath(
+                    f"{prefix} is a symlink of another user ({_describe(link)}): refusing it"
+                )
             for real in _prefixes(os.path.realpath(prefix)):
                 if real not in checked:
                     checked.add(real)

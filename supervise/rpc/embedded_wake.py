@@ -137,6 +137,7 @@ class Events:
                 raise
             os.unlink(self.address)
             self._sock.bind(self.address)
+        os.chmod(self.address, private_files.PRIVATE_FILE)  # bind applies the umask only
 
     def fileno(self) -> int:
         return self._epoll.fileno()
