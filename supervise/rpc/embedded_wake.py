@@ -243,7 +243,7 @@ class Events:
         os.close(fd)
 
     def remove_stale_sockets(self, connections: set[int]) -> None:
-        """Remove the sockets of connections that are gone (a killed process leaves its)."""
+        """Remove the sockets of connections that are gone (a killed process leaves its own)."""
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(f"/proc/self/fd/{self._directory}"):
                 if name.isdigit() and int(name) not in connections:
