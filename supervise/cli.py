@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from supervise import config, exitcodes, hosted, logs, master
+from supervise import config, exitcodes, hosted, logs, master, private_files
 from supervise.config import ConfigError
 from supervise.rpc.transport_url import BadTransportURL
 from supervise.systemd import Notifier
@@ -222,15 +221,11 @@ def _load_config(namespace: argparse.Namespace) -> config.Config:
 def _make_state_dir(conf: config.Config) -> None:
     """The default queue and database files live in the state directory: create it (private
     to this user) on first start, so that `supervise --workers 4 nova-conductor` needs no
-    set-up. Files configured elsewhere are the operator's to provide."""
+    set-up, and refuse one another user could touch. Files configured elsewhere are the
+    operator's to provide."""
     if conf.transport_url and conf.database_url:
         return
-    try:
-        os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(
-            f"cannot create the state directory {conf.state_dir}: {error.strerror}"
-        ) from None
+    private_files.make_state_directory(conf.state_dir)
 
 
 def _run(namespace: argparse.Namespace) -> int:

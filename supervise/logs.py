@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from supervise import private_files
+
 FORMAT = "%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s"
 
 _role = "master"
@@ -27,8 +29,18 @@ def set_role(role: str) -> None:
     _role = f"{role} pid {os.getpid()}"
 
 
+class _PrivateFileHandler(logging.FileHandler):
+    """Appends to a file never opened through a symlink, created 0600, owned by this user
+    (`private_files`; an existing log keeps the read permissions its operator gave it)."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        flags = os.O_WRONLY | os.O_APPEND
+        fd = private_files.open_file(self.baseFilename, flags, tighten=False)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def _make_handler(log_file: str | None) -> logging.Handler:
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler = _PrivateFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(_RoleFilter())
     return handler

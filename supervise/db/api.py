@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.pool import StaticPool
 
+from supervise import private_files
 from supervise.db import migration
 from supervise.db.errors import (
     UNIQUE_HOST_BINARY,
@@ -103,16 +104,35 @@ os.register_at_fork(after_in_child=_dispose_after_fork)
 
 
 def _make_directory(path: str) -> None:
-    """Create the directory of an SQLite file when missing, as a one-line error if not."""
+    """Create the directory of an SQLite file when missing (0700), as a one-line error if
+    not; refuse one another user could change (`private_files`)."""
     directory = os.path.dirname(path) or "."
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=private_files.PRIVATE_DIRECTORY, exist_ok=True)
     except OSError as error:
         raise DatabaseFileError(
             f"cannot create the database directory {directory}: {error.strerror}"
         ) from error
     if not os.path.isdir(directory):
         raise DatabaseFileError(f"the database directory {directory} is not a directory")
+    private_files.check_directory(directory)
+
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _check_files(path: str) -> None:
+    """Before SQLite opens `path` by name: create it 0600 if missing, and refuse it, or its
+    -wal or -shm, if it is a symlink or another user's (`private_files`). SQLite gives the
+    files it creates the mode of the database file."""
+    try:
+        private_files.create_file(path)
+    except OSError as error:
+        if error.errno not in _READ_ONLY:
+            raise DatabaseFileError(f"cannot open {path}: {error.strerror}") from error
+    for name in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(OSError):  # unreadable: SQLite says what it cannot do
+            private_files.check_file(name)
 
 
 class Database:
@@ -194,6 +214,7 @@ class Database:
         def make_directory(dialect, connection_record, cargs, cparams):  # type: ignore[no-untyped-def]
             if path is not None:
                 _make_directory(path)
+                _check_files(path)
 
         @event.listens_for(self.engine, "connect")
         def on_connect(dbapi_connection, connection_record):  # type: ignore[no-untyped-def]
@@ -321,9 +342,9 @@ class Database:
         _make_directory(self.sqlite_path)
         lock_path = self.sqlite_path + ".lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = private_files.open_file(lock_path)
         except OSError as error:
-            if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            if error.errno in _READ_ONLY:
                 yield  # a read-only place: SQLite itself reports what cannot be done
                 return
             raise DatabaseFileError(

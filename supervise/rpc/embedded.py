@@ -16,8 +16,8 @@ or ACK_DELAY later at the latest: as with AMQP, an ack has not reached the broke
 
 Not supported: headers exchanges, exchange-to-exchange bindings, priorities, queue arguments
 other than ``x-expires``; ``durable``, ``exclusive`` and ``auto_delete`` are accepted and
-ignored (everything lives in the file until deleted or expired). Linux only (abstract
-sockets, pidfd), and every process must see the others' pids (one pid namespace).
+ignored (everything lives in the file until deleted or expired). Linux only (pidfd,
+``/proc``), and every process must see the others' pids (one pid namespace).
 """
 
 from __future__ import annotations
@@ -44,7 +44,14 @@ from supervise.rpc.embedded_store import (
     Store,
     Stored,
 )
-from supervise.rpc.embedded_wake import PASSED, READY, Events, Identity, own_identity
+from supervise.rpc.embedded_wake import (
+    PASSED,
+    READY,
+    Events,
+    Identity,
+    own_identity,
+    wake_directory,
+)
 from supervise.rpc.transport_url import BadTransportURL, local_path
 
 LOG = logging.getLogger(__name__)
@@ -306,7 +313,7 @@ class LocalConnection:
             consumers = self.store.register(self.identity)
             self.id = self.store.connection_id
             try:
-                self.events = Events(self.store.file_key, self.id)
+                self.events = Events(wake_directory(path), self.id)
             except BaseException:
                 self.store.unregister()
                 raise
@@ -387,6 +394,7 @@ class LocalConnection:
                     released,
                 )
             self.ring(wake)
+            self.events.remove_stale_sockets(self.store.connection_ids())
         self.sweep_if_due()
         queues = {c.queue: channel for channel in consuming for c in channel.consumers.values()}
         ready = self.store.ready_queues(queues) if queues else set()

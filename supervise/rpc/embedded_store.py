@@ -23,12 +23,14 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from amqp.exceptions import NotFound, PreconditionFailed
 
+from supervise import private_files
 from supervise.rpc.embedded_wake import Identity, is_alive
 
 APPLICATION_ID = 0x73757076  # "supv"
@@ -137,8 +139,6 @@ class Store:
     def __init__(self, path: str):
         self.path = path
         self._db = _open(path)
-        stat = os.stat(path)
-        self.file_key = f"{stat.st_dev:x}-{stat.st_ino:x}"
         self.connection_id = 0
         self.pending_acks: list[int] = []
 
@@ -198,6 +198,10 @@ class Store:
     def members_version(self) -> int:
         with self._errors():
             return self._db.execute("SELECT value FROM meta WHERE key = 'members'").fetchone()[0]
+
+    def connection_ids(self) -> set[int]:
+        with self._errors():
+            return {row[0] for row in self._db.execute("SELECT id FROM connections")}
 
     def peers(self) -> set[Identity]:
         """The other processes connected to the file."""
@@ -586,16 +590,26 @@ def _delete_queue(db: sqlite3.Connection, name: str) -> int:
 
 
 def _open(path: str) -> sqlite3.Connection:
-    """Open (or create, mode 0600: messages carry auth tokens) and check the queue file.
-    Every failure is one QueueFileUnusable line that says what to fix."""
+    """Open (or create) and check the queue file: private to this user (messages carry auth
+    tokens), as SQLite's -wal and -shm beside it (`private_files`; SQLite gives them the
+    mode of the file); never through a symlink. Every failure is one QueueFileUnusable line
+    that says what to fix."""
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise QueueFileUnusable(f"no directory {directory}")
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        private_files.create_file(path)
+        for companion in ("-wal", "-shm"):
+            private_files.check_file(path + companion)
         db = sqlite3.connect(
-            path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
+            f"file:{urllib.parse.quote(path)}?nofollow=1",
+            uri=True,
+            timeout=LOCK_TIMEOUT,
+            isolation_level=None,
+            check_same_thread=False,
         )
+    except private_files.UnsafePath as error:
+        raise QueueFileUnusable(str(error)) from None
     except (OSError, sqlite3.Error) as error:
         raise QueueFileUnusable(_open_failure(path, error)) from None
     try:

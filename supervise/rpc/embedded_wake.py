@@ -1,8 +1,12 @@
 """How the processes that share a local queue file wake each other and notice each other die.
 
-Each connection binds a datagram socket in Linux's abstract namespace, named after the queue
-file and the connection's id; after its commit a publisher sends one byte to a connection
-that consumes from a queue it filled. A connection that consumes also holds a pidfd for every
+Each connection binds a datagram socket named after its id in a directory beside the queue
+file (``queue.db.wake``, 0700: no other user can reach, claim or flood it; the socket is
+reached as ``/proc/self/fd/DIR/ID`` through a descriptor of that directory, so a long path
+never exceeds the 108 bytes of a socket address); after its commit a publisher sends one
+byte to a connection that consumes from a queue it filled. A datagram counts only if the
+kernel says it comes from this user or root (``SCM_CREDENTIALS``), and a look at the socket
+reads a bounded number of them. A connection that consumes also holds a pidfd for every
 other process connected to the file: the kernel makes it readable when that process exits,
 however it exits (``kill -9`` included), so the messages the dead process held go back to
 their queues at once, with no lease or visibility timeout to wait out. The socket, the pidfds
@@ -22,15 +26,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import logging
 import os
 import select
 import socket
+import struct
 from collections.abc import Iterable
 from typing import NamedTuple
+
+from supervise import private_files
+
+LOG = logging.getLogger(__name__)
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 CLOCK_MONOTONIC = 1
 TFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC  # TFD_NONBLOCK | TFD_CLOEXEC on Linux
+WAKE_DIRECTORY_SUFFIX = ".wake"
+MAX_DATAGRAMS = 64  # read per look at the socket: a flood costs bounded work per wake-up
+_CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
 class _Timespec(ctypes.Structure):
@@ -73,24 +87,33 @@ def is_alive(identity: Identity) -> bool:
 # Kinds of wake-up: messages may be ready for you; a consumer left messages it could not
 # take (pass it on no further); this connection has a new consumer; its timer ran out.
 READY, PASSED, SELF, TIMER = b"r", b"p", b"s", b"t"
+SENT_KINDS = frozenset({READY, PASSED, SELF})
 
 
-def wake_address(file_key: str, connection_id: int) -> bytes:
-    return f"\0supervise-local-{file_key}-{connection_id}".encode()
+def wake_directory(queue_file: str) -> str:
+    return queue_file + WAKE_DIRECTORY_SUFFIX
 
 
 class Events:
     """What a connection waits on: wake-ups from publishers, and the exits of its peers."""
 
-    def __init__(self, file_key: str, connection_id: int):
-        self._file_key = file_key
+    def __init__(self, directory: str, connection_id: int):
+        self._trusted_uids = {0, os.getuid(), os.geteuid()}
+        self._warned_uids: set[int] = set()
+        self._directory = -1
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._epoll = select.epoll()
         self._pidfds: dict[int, Identity] = {}
         self._watched: dict[Identity, int] = {}
         self._timer = -1
         try:
-            self._sock.bind(wake_address(file_key, connection_id))
+            private_files.make_directory(directory)
+            self._directory = os.open(
+                directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+            self.address = self.address_of(connection_id)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._bind()
             self._sock.setblocking(False)
             self._epoll.register(self._sock.fileno(), select.EPOLLIN)
             self._timer = _LIBC.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK_CLOEXEC)
@@ -100,7 +123,21 @@ class Events:
         except BaseException:
             self.close()
             raise
-        self.address = wake_address(file_key, connection_id)
+
+    def address_of(self, connection_id: int) -> str:
+        return f"/proc/self/fd/{self._directory}/{connection_id}"
+
+    def _bind(self) -> None:
+        """Connection ids are never reused within a queue file: a socket of this name was
+        left by a killed process of an earlier file of the same name."""
+        try:
+            self._sock.bind(self.address)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            os.unlink(self.address)
+            self._sock.bind(self.address)
+        os.chmod(self.address, private_files.PRIVATE_FILE)  # bind applies the umask only
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -114,9 +151,7 @@ class Events:
         exited = []
         for fd, _ in self._epoll.poll(0):
             if fd == self._sock.fileno():
-                with contextlib.suppress(BlockingIOError):
-                    while True:
-                        kinds.add(self._sock.recv(64))
+                self._receive(kinds)
             elif fd == self._timer:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._timer, 8)
@@ -125,6 +160,26 @@ class Events:
                 exited.append(self._pidfds[fd])
                 self._unwatch(fd)
         return kinds, exited
+
+    def _receive(self, kinds: set[bytes]) -> None:
+        for _ in range(MAX_DATAGRAMS):
+            try:
+                data, ancillary, _, _ = self._sock.recvmsg(1, socket.CMSG_SPACE(_CREDENTIALS.size))
+            except BlockingIOError:
+                return
+            if data in SENT_KINDS and self._from_trusted_user(ancillary):
+                kinds.add(data)
+
+    def _from_trusted_user(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, uid, _ = _CREDENTIALS.unpack_from(data)
+                if uid in self._trusted_uids:
+                    return True
+                if uid not in self._warned_uids:
+                    self._warned_uids.add(uid)
+                    LOG.warning("ignoring wake-ups from uid %d (pid %d)", uid, pid)
+        return False
 
     def set_timer(self, seconds: float) -> None:
         """Become readable in `seconds` (once), unless set again before."""
@@ -148,7 +203,7 @@ class Events:
         """False if nobody listens there: a connection that is gone, and that the next
         sweep removes. A full socket is due to wake anyway."""
         try:
-            self._sock.sendto(kind, wake_address(self._file_key, connection_id))
+            self._sock.sendto(kind, self.address_of(connection_id))
         except BlockingIOError:
             return True
         except (ConnectionRefusedError, FileNotFoundError):
@@ -187,10 +242,23 @@ class Events:
         self._epoll.unregister(fd)
         os.close(fd)
 
+    def remove_stale_sockets(self, connections: set[int]) -> None:
+        """Remove the sockets of connections that are gone (a killed process leaves its own)."""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(f"/proc/self/fd/{self._directory}"):
+                if name.isdigit() and int(name) not in connections:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.address_of(int(name)))
+
     def close(self) -> None:
         for fd in list(self._pidfds):
             self._unwatch(fd)
         if self._timer >= 0:
             os.close(self._timer)
         self._epoll.close()
+        if self._directory >= 0:
+            if self._sock.getsockname():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.address)
+            os.close(self._directory)
         self._sock.close()
