@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,13 +24,16 @@ def _events_dir() -> Path:
     return Path(os.environ[EVENTS_DIR_VARIABLE])
 
 
-def record(event: str, slot: int, generation: int) -> None:
-    line = f"{event} {slot} {generation} {os.getpid()} {time.time():.6f}\n"
-    fd = os.open(_events_dir() / "events", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _append(name: str, line: str) -> None:
+    fd = os.open(_events_dir() / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
+
+
+def record(event: str, slot: int, generation: int) -> None:
+    _append("events", f"{event} {slot} {generation} {os.getpid()} {time.time():.6f}")
 
 
 def behaviour(name: str) -> str | None:
@@ -68,6 +73,28 @@ class Recorder:
 
     def reset(self) -> None:
         record("reset", self.slot, self.generation)
+
+
+# Starts `sleep` in a session of its own and exits: the sleep is detached, like a daemon.
+DAEMONIZE = (
+    "import os, subprocess; os.setsid(); "
+    "print(subprocess.Popen(['sleep', '1000'], stdout=subprocess.DEVNULL,"
+    " stderr=subprocess.DEVNULL).pid)"
+)
+
+
+class Spawner(Recorder):
+    """A Recorder whose start leaves processes behind: a ``sleep`` child (in the worker's
+    process group) and a ``sleep`` daemon (detached, in a session of its own). Their pids
+    go to the ``descendants`` file, one ``WORKER_PID CHILD DAEMON`` line per worker."""
+
+    def start(self) -> None:
+        child = subprocess.Popen(["sleep", "1000"])
+        daemon = subprocess.run(
+            [sys.executable, "-c", DAEMONIZE], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        _append("descendants", f"{os.getpid()} {child.pid} {daemon}")
+        super().start()
 
 
 class CotyledonRecorder:
