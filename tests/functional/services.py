@@ -45,9 +45,11 @@ class Recorder:
     """nova-style life cycle: ``Recorder(context)`` then start/stop/wait/reset.
 
     Behaviour files: ``fail-start`` (start raises), ``start-delay`` (seconds start takes),
-    ``hang-stop`` (stop never returns)."""
+    ``start-until-cancelled`` (start waits until the worker cancels it), ``hang-stop`` (stop
+    never returns)."""
 
     def __init__(self, context):
+        self.context = context
         self.slot = context.worker_id
         self.generation = context.generation
 
@@ -58,6 +60,10 @@ class Recorder:
         delay = behaviour("start-delay")
         if delay:
             time.sleep(float(delay))
+        if behaviour("start-until-cancelled") is not None:
+            cancelled = threading.Event()
+            with self.context.cancel.calls(cancelled.set):
+                cancelled.wait()
         if behaviour("fail-start") is not None:
             record("failed", self.slot, self.generation)
             raise RuntimeError("told to fail by the test")
@@ -81,6 +87,15 @@ DAEMONIZE = (
     "print(subprocess.Popen(['sleep', '1000'], stdout=subprocess.DEVNULL,"
     " stderr=subprocess.DEVNULL).pid)"
 )
+
+
+class ConfigRecorder(Recorder):
+    """A Recorder whose reset takes the new configuration: it records ``reset-with:T:SAME``,
+    T its graceful_shutdown_timeout, SAME whether the worker context holds it too."""
+
+    def reset(self, conf) -> None:
+        same = self.context.conf is conf
+        record(f"reset-with:{conf.graceful_shutdown_timeout:g}:{same}", self.slot, self.generation)
 
 
 class Spawner(Recorder):

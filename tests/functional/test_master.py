@@ -36,7 +36,10 @@ def test_killed_worker_is_replaced_in_its_slot_and_others_untouched(supervise):
     wait_until(lambda: replacement in {e.pid for e in sup.events("started")}, what="started")
     assert after - {replacement} == before - {victim}
     assert slot_of(sup, replacement) == victim_slot
-    assert f"Child {victim} killed by signal 9" in sup.log()
+    assert (
+        f"WARNING [master pid {sup.pid}] supervise.master: Child {victim} killed by signal 9"
+        in sup.log()
+    )
 
 
 def test_sigterm_runs_every_stop_and_exits_zero(supervise):
@@ -104,7 +107,7 @@ def test_rolling_reload_replaces_every_worker_keeping_enough_ready(supervise):
     assert min_serving(sup) >= 4 - 2
 
 
-def min_serving(sup: Supervisor) -> int:
+def min_serving(sup: Supervisor, workers: int = 4) -> int:
     """Fewest workers serving at once after the first all-ready moment, from the events
     the workers wrote (started .. stopping), not from the master's own bookkeeping."""
     timeline = sorted(
@@ -114,7 +117,7 @@ def min_serving(sup: Supervisor) -> int:
     serving, lowest, seen_full = 0, None, False
     for _, change in timeline:
         serving += change
-        if serving == 4:
+        if serving == workers:
             seen_full = True
         if seen_full:
             lowest = serving if lowest is None else min(lowest, serving)
@@ -233,8 +236,75 @@ def test_mutate_reload_replaces_a_cotyledon_service_without_reload(supervise):
     sup.signal(signal.SIGHUP)
     wait_until(lambda: len(p := sup.worker_pids()) == 2 and not p & before, what="two new workers")
     wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
-    assert "exited with status 0" in sup.log()
+    for pid in before:  # drained by the master: an expected exit
+        assert (
+            f"INFO [master pid {sup.pid}] supervise.master: Child {pid} exited with status 0"
+            in sup.log()
+        )
+    assert "cannot reset in place and are replaced" in sup.log()
     assert "giving up" not in sup.log()
+
+
+def test_mutate_reload_of_a_service_that_cannot_reset_replaces_one_worker_at_a_time(supervise):
+    sup = supervise(
+        "tests.functional.services:CotyledonWithoutReload", "--workers", "3",
+        "--reload-method", "mutate", *FAST,
+    )  # fmt: skip
+    before = sup.wait_ready(3)
+    sup.signal(signal.SIGHUP)
+    wait_until(
+        lambda: len(p := sup.worker_pids()) == 3 and not p & before, what="three new workers"
+    )
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+    assert min_serving(sup, workers=3) >= 2
+
+
+def test_mutate_reload_hands_the_new_configuration_to_reset(supervise, tmp_path):
+    conf = tmp_path / "supervise.conf"
+    conf.write_text("[DEFAULT]\ngraceful_shutdown_timeout = 30\n")
+    sup = supervise(
+        "tests.functional.services:ConfigRecorder", "--workers", "2", "--config-file", str(conf),
+        "--reload-method", "mutate", *FAST,
+    )  # fmt: skip
+    pids = sup.wait_ready(2)
+    conf.write_text("[DEFAULT]\ngraceful_shutdown_timeout = 7\n")
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: len(sup.events("reset-with:7:True")) == 2, what="two resets with 7 s")
+    assert {e.pid for e in sup.events("reset-with:7:True")} == pids == sup.worker_pids()
+
+
+def test_term_during_start_cancels_it_then_stops_what_started(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST, behaviours={"start-until-cancelled": ""})
+    wait_until(lambda: len(sup.events("starting")) == 2, what="two starts")
+    began = time.monotonic()
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert time.monotonic() - began < 1.0
+    assert sup.log().count("cancelling its start") == 2
+    assert sup.log().count("start ended (Cancelled: told to stop while starting)") == 2
+    assert {e.pid for e in sup.events("stopped")} == {e.pid for e in sup.events("starting")}
+    assert "Traceback" not in sup.log() and "WARNING" not in sup.log()
+
+
+def test_term_during_a_start_that_ignores_it_stops_once_started(supervise):
+    sup = supervise(RECORDER, "--workers", "1", *FAST, behaviours={"start-delay": "0.5"})
+    wait_until(lambda: sup.events("starting"), what="a start")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert [e.kind for e in sup.events()] == ["starting", "started", "stopping", "stopped"]
+    assert "start finished after the stop (SIGTERM): stopping what started" in sup.log()
+    assert not sup.notify.with_key("READY")
+    assert "Traceback" not in sup.log()
+
+
+def test_quit_during_start_exits_at_once(supervise):
+    sup = supervise(RECORDER, "--workers", "1", *FAST, behaviours={"start-delay": "30"})
+    wait_until(lambda: sup.events("starting"), what="a start")
+    began = time.monotonic()
+    sup.signal(signal.SIGQUIT)
+    assert sup.wait_exit() == 0
+    assert time.monotonic() - began < 1.0
+    assert "fast stop: exiting without draining" in sup.log()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGQUIT])
