@@ -159,6 +159,12 @@ class TestEndpoint(EchoEndpoint):
     def _private(self, context: dict) -> str:
         return "never callable"
 
+    def record(self, context: dict, id: str, ms: float = 0) -> str:
+        """Handle a message with a unique id: append it to the ``handled`` file."""
+        time.sleep(ms / 1000)
+        _append("handled", id)
+        return id
+
 
 class RPCTestService(EchoService):
     """The echo service plus methods that die, fail and misbehave, for the RPC tests."""
