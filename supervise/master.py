@@ -251,8 +251,8 @@ class Master:
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            os.setpgid(0, 0)  # a group of its own, set on both sides: whichever runs first
             worker.run(spec, worker_end, inherited)
+        # The worker leads a group of its own; both sides set it, so whichever runs first wins.
         with contextlib.suppress(ProcessLookupError, PermissionError):  # it has exited already
             os.setpgid(pid, pid)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)

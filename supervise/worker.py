@@ -65,6 +65,7 @@ def run(spec: WorkerSpec, link: socket.socket, inherited: list[Closable]) -> NoR
     """Entry point right after fork(), with every signal the master handles still blocked."""
     code = exitcodes.FAILED
     try:
+        os.setpgid(0, 0)  # lead a group of its own (the master sets it too: no race)
         code = Worker(spec, link, inherited).main()
     except BaseException:
         LOG.exception("worker failed")
