@@ -7,19 +7,24 @@ Two kinds of service are hosted:
   ``reload()``. Subclasses of ``cotyledon.Service`` are of this kind;
 * any other callable, called as ``factory(context)`` with a `WorkerContext`, returning an
   object with ``start()`` (returns once it serves), ``stop()``, optional ``wait()`` and
-  ``reset()``: the nova ``Service`` life cycle.
+  ``reset()`` or ``reset(conf)``: the nova ``Service`` life cycle.
+
+The worker runs start, reset and stop on a thread of their own, one at a time. When it is
+told to stop while its service starts, it sets the context's `Cancel`: a start that honours
+it gives up early (raising `Cancelled`), and the worker then stops what did start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
 import logging
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from typing import Any, Protocol
 
@@ -43,13 +48,74 @@ class ServiceRef:
     attribute: str
 
 
-@dataclass(frozen=True)
+class Cancelled(Exception):
+    """A service's start gave up because its worker was told to stop."""
+
+
+class Cancel:
+    """Set once, by the worker's loop, when the worker is told to stop while its service
+    starts. A start checks it between steps (`raise_if_set`) and interrupts a step that waits
+    with `calls`; a start that ignores it simply finishes, and is then stopped."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_set(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("told to stop while starting")
+
+    @contextlib.contextmanager
+    def calls(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Run the block; a cancel while it runs calls `callback` (e.g. ``server.stop``) on a
+        thread of its own to interrupt it. The block ends in `Cancelled` if cancelled."""
+        with self._lock:
+            self.raise_if_set()
+            self._callbacks.append(callback)
+        try:
+            yield
+        except Exception as error:
+            if self._event.is_set():
+                raise Cancelled(f"told to stop while starting ({type(error).__name__})") from None
+            raise
+        finally:
+            with self._lock, contextlib.suppress(ValueError):  # taken by set() already
+                self._callbacks.remove(callback)
+        self.raise_if_set()
+
+    def set(self) -> None:
+        """Cancel; never blocks (the callbacks run on threads of their own)."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            threading.Thread(
+                target=_call_quietly, args=(callback,), name="cancel", daemon=True
+            ).start()
+
+
+def _call_quietly(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception as error:
+        LOG.warning("cancelling the start: %s failed: %s", callback, error)
+
+
+@dataclass
 class WorkerContext:
-    """What a hosted service knows of the worker that runs it."""
+    """What a hosted service knows of the worker that runs it. `conf` is the configuration in
+    force: a mutate reload replaces it before it calls the service's reset."""
 
     worker_id: int
     generation: int
     conf: Config
+    cancel: Cancel = field(default_factory=Cancel)
 
 
 def registered_services() -> dict[str, str]:
@@ -124,14 +190,16 @@ def load(ref: ServiceRef) -> Any:
 
 
 class Hosted(Protocol):
+    can_reset: bool  # whether `reset` works in place; if not, a mutate reload replaces it
+
     def start(self) -> None:
         """Build and start the service; return once it serves."""
 
     def stop(self) -> None:
-        """Stop gracefully; return when the service is done."""
+        """Stop what started; return when the service is done. Safe after a failed start."""
 
-    def reset(self) -> bool:
-        """Reload in place; False when the service cannot, and the worker must be replaced."""
+    def reset(self, conf: Config) -> None:
+        """Reload in place with the new configuration (only when `can_reset`)."""
 
 
 class CotyledonStyle:
@@ -142,8 +210,12 @@ class CotyledonStyle:
         self._context = context
         self._on_crash = on_crash
         self._service: Any = None
+        reload = getattr(cls, "reload", None)
+        # cotyledon's own default reload() means "restart me": never call it.
+        self.can_reset = reload is not None and not reload.__module__.startswith("cotyledon.")
 
     def start(self) -> None:
+        self._context.cancel.raise_if_set()
         self._service = self._cls(self._context.worker_id)
         threading.Thread(target=self._run, name="service-run", daemon=True).start()
 
@@ -159,13 +231,9 @@ class CotyledonStyle:
         if terminate is not None:
             terminate()
 
-    def reset(self) -> bool:
-        reload = getattr(type(self._service), "reload", None)
-        # cotyledon's own default reload() means "restart me": say so instead of calling it.
-        if reload is None or reload.__module__.startswith("cotyledon."):
-            return False
+    def reset(self, conf: Config) -> None:
+        self._context.conf = conf
         self._service.reload()
-        return True
 
 
 class LifecycleStyle:
@@ -175,23 +243,38 @@ class LifecycleStyle:
         self._factory = factory
         self._context = context
         self._service: Any = None
+        self.can_reset = False
 
     def start(self) -> None:
+        self._context.cancel.raise_if_set()
         self._service = self._factory(self._context)
+        self.can_reset = callable(getattr(self._service, "reset", None))
+        self._context.cancel.raise_if_set()
         self._service.start()
 
     def stop(self) -> None:
+        if self._service is None:  # the factory failed or was cancelled: nothing started
+            return
         self._service.stop()
         wait = getattr(self._service, "wait", None)
         if wait is not None:
             wait()
 
-    def reset(self) -> bool:
-        reset = getattr(self._service, "reset", None)
-        if reset is None:
-            return False
-        reset()
-        return True
+    def reset(self, conf: Config) -> None:
+        self._context.conf = conf
+        reset = self._service.reset
+        if _accepts_one_argument(reset):
+            reset(conf)
+        else:
+            reset()
+
+
+def _accepts_one_argument(function: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(function).bind(None)
+    except (TypeError, ValueError):  # takes no argument, or cannot be inspected
+        return False
+    return True
 
 
 def host(target: Any, context: WorkerContext, on_crash: Callable[[], None]) -> Hosted:

@@ -6,6 +6,9 @@ are reaped with ``waitpid(-1, WNOHANG)``, and timers (respawn back-off, ready ti
 the drain deadline, the systemd watchdog) are computed from state, so an idle master
 sleeps in ``select`` until something happens. The master never starts a thread and never
 opens a broker or database connection, so forking from it is safe.
+
+The master is a child subreaper and each worker leads a process group of its own, so what a
+worker leaves behind is found and stopped (`supervise.leftovers`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import setproctitle
 
-from supervise import cgroup, channel, exitcodes, hosted, logs, worker
+from supervise import cgroup, channel, exitcodes, hosted, leftovers, logs, worker
 from supervise.config import Config, ConfigError
 from supervise.systemd import Notifier
 from supervise.wakeup import Wakeup
@@ -69,7 +72,7 @@ class Child:
     last_heartbeat: float
     ready: bool = False
     draining: bool = False  # told to stop: its exit is expected
-    reset_pending: bool = False
+    can_reset: bool = False  # said so when ready: a mutate reload resets it in place
     killed_by_master: str | None = None  # why the master sent SIGKILL, for the exit log line
 
 
@@ -120,6 +123,7 @@ class Master:
         self.notify_retry_at: float | None = None
         self.oom_kills = cgroup.oom_kill_count()
         self.signals: list[int] = []
+        self.leftovers = leftovers.Leftovers()
         self.selector = selectors.DefaultSelector()
         self.wakeup = Wakeup()
         self.heartbeat_interval = conf.heartbeat_interval
@@ -132,6 +136,7 @@ class Master:
     def run(self) -> int:
         setproctitle.setproctitle(f"supervise: master {self.service.name}")
         logs.set_role("master")
+        leftovers.become_subreaper()
         self._install_signal_handlers()
         LOG.info(
             "starting %d workers of %s (generation %d)",
@@ -140,7 +145,7 @@ class Master:
             self.generation,
         )
         self._resize(self.conf.workers)
-        while self.children or self.phase is Phase.RUNNING:
+        while self.children or self.leftovers.pending or self.phase is Phase.RUNNING:
             self._wait_for_events()
             self._reap()
             self._handle_signals()
@@ -173,6 +178,8 @@ class Master:
             deadlines.append(self.next_watchdog)
         if self.notify_retry_at is not None:
             deadlines.append(self.notify_retry_at)
+        if (leftover_deadline := self.leftovers.deadline()) is not None:
+            deadlines.append(leftover_deadline)
         return min(deadlines, default=None)
 
     @staticmethod
@@ -245,6 +252,9 @@ class Master:
         pid = os.fork()
         if pid == 0:
             worker.run(spec, worker_end, inherited)
+        # The worker leads a group of its own; both sides set it, so whichever runs first wins.
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # it has exited already
+            os.setpgid(pid, pid)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         gc.unfreeze()
         worker_end.close()
@@ -309,6 +319,7 @@ class Master:
         for message in messages:
             kind = message["type"]
             if kind == "ready":
+                child.can_reset = message.get("can_reset") is True
                 self._on_ready(child)
             elif kind == "heartbeat":
                 child.last_heartbeat = time.monotonic()
@@ -323,7 +334,6 @@ class Master:
         if child.draining:
             return
         child.ready = True
-        child.reset_pending = False
         self.ever_ready = True
         slot = self._slot_of(child)
         if slot is not None and slot.replacement is child:
@@ -336,22 +346,28 @@ class Master:
     # ----- reaping ----------------------------------------------------------------------
 
     def _reap(self) -> None:
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped = True
             child = self.children.pop(pid, None)
             if child is None:
+                self.leftovers.reaped(pid)  # not a worker: an orphan reparented to the master
                 continue
             if child.link.fileno() >= 0:
                 self.selector.unregister(child.link)
                 child.link.close()
             code = os.waitstatus_to_exitcode(status)
             self._log_exit(child, code)
+            self.leftovers.worker_exited(pid, self.children)
             self._on_exit(child, code)
+        if reaped:
+            self.leftovers.sweep(self.children)
 
     def _log_exit(self, child: Child, code: int) -> None:
         level = logging.INFO if child.draining and code == 0 else logging.WARNING
@@ -384,9 +400,6 @@ class Master:
         if code == exitcodes.WORKER_LOAD_FAILED and not self.ever_ready:
             LOG.error("service %s cannot be loaded: stopping", self.service.name)
             self._begin_stop("the service cannot be loaded", exitcodes.USAGE)
-            return
-        if child.reset_pending and code == 0:
-            self._spawn(slot)  # it asked to be replaced instead of resetting in place
             return
         self._respawn_after_crash(slot, child)
 
@@ -444,6 +457,7 @@ class Master:
             self._kill_remaining()
         if self.notify_retry_at is not None and self.notify_retry_at <= now:
             self.notify_retry_at = None
+        self.leftovers.run_due(self.children)
         if self.next_watchdog is not None and self.next_watchdog <= now:
             if self._workers_healthy(now):
                 self.notifier.watchdog()
@@ -532,29 +546,41 @@ class Master:
             self._start_rolling_reload(new_conf)
 
     def _mutate(self, new_conf: Config) -> None:
+        """Reset in place each worker that said it can; replace the others as a rolling
+        reload does, so that they are never all stopped at once."""
         self.conf = new_conf
-        LOG.info("reload: each worker resets its service in place")
         now = time.monotonic()
+        replace = []
         for slot in self.slots:
             child = slot.worker
             if child is None or child.draining:
+                continue  # it is exiting; the loop reaps and respawns it with the new conf
+            if not child.can_reset:  # cannot, or still starting: it never said it can
+                replace.append(slot.index)
                 continue
             try:
                 channel.send(child.link, "reset", config=new_conf.to_json())
             except channel.PeerGone:
-                continue  # it is exiting; the loop reaps and respawns it
+                continue
             child.ready = False
-            child.reset_pending = True
             child.ready_deadline = now + new_conf.worker_ready_timeout
+        LOG.info(
+            "reload: %d workers reset their service in place%s",
+            len(self.slots) - len(replace),
+            f"; {len(replace)} cannot reset in place and are replaced" if replace else "",
+        )
+        if replace:
+            self._start_rolling_reload(new_conf, replace)
         self._resize(new_conf.workers)
 
-    def _start_rolling_reload(self, new_conf: Config) -> None:
+    def _start_rolling_reload(self, new_conf: Config, slots: list[int] | None = None) -> None:
         self.last_generation += 1
-        replace = min(len(self.slots), new_conf.workers)
-        self.reload = RollingReload(new_conf, self.last_generation, deque(range(replace)))
+        if slots is None:
+            slots = list(range(min(len(self.slots), new_conf.workers)))
+        self.reload = RollingReload(new_conf, self.last_generation, deque(slots))
         LOG.info(
             "reload: replacing %d workers with generation %d, %d at a time",
-            replace,
+            len(slots),
             self.last_generation,
             new_conf.reload_batch,
         )

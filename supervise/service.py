@@ -10,6 +10,11 @@ stop: shutdown flag -> stop consuming -> ``manager.graceful_shutdown(timeout)`` 
 ``manager_shutdown_timeout``) -> in-flight calls finish and are acked -> timers stop ->
 ``manager.cleanup_host()``.
 
+A stop while it starts (the worker's `Cancel`) ends the start between two steps, or
+interrupts the RPC server's connection attempt; stop() then undoes only the steps that ran.
+A mutate reload's ``reset(conf)`` takes the new configuration: the options read at stop time
+(``manager_shutdown_timeout``) take effect at once; the others at the next rolling reload.
+
 Better than nova: within one host, only one worker (the leader, slot 0) heartbeats and, with
 ``periodic_workers = leader``, runs the periodic tasks; nova runs them in every worker.
 """
@@ -27,6 +32,7 @@ from typing import Any
 
 from supervise.config import Config
 from supervise.db import Database, ServiceBinaryExists, ServiceTopicExists
+from supervise.hosted import Cancel
 from supervise.manager import Manager
 from supervise.periodic import DynamicLoopingCall
 from supervise.rpc.dispatcher import BaseAPI, Target
@@ -65,12 +71,14 @@ class Service:
         conf: Config,
         leader: bool = True,
         db: Database | None = None,
+        cancel: Cancel | None = None,
     ):
         self.host = host
         self.binary = binary
         self.topic = topic
         self.conf = conf
         self.leader = leader
+        self.cancel = cancel or Cancel()
         self.periodic_enable = periodic_enable
         self.periodic_fuzzy_delay = periodic_fuzzy_delay
         self.periodic_interval_max = periodic_interval_max
@@ -81,6 +89,7 @@ class Service:
         self.service_ref: Any = None
         self.rpcserver: RPCServer | None = None
         self._periodic: DynamicLoopingCall | None = None
+        self._host_initialised = False
         self._shutting_down = False
 
     @classmethod
@@ -97,8 +106,10 @@ class Service:
         *,
         conf: Config,
         worker_id: int | None = None,
+        cancel: Cancel | None = None,
     ) -> Service:
-        """A Service with nova's defaults; `worker_id` (the slot) picks the host's leader."""
+        """A Service with nova's defaults; `worker_id` (the slot) picks the host's leader;
+        `cancel` (the worker context's) lets a stop end a start early."""
         if manager is None:
             raise ValueError("Service.create needs a manager class")
         binary = binary or os.path.basename(sys.argv[0])
@@ -119,17 +130,23 @@ class Service:
             ),
             conf=conf,
             leader=worker_id in (None, LEADER_SLOT),
+            cancel=cancel,
         )
 
     # ----- start --------------------------------------------------------------------------
 
     def start(self) -> None:
+        cancel = self.cancel
         if self.db.is_sqlite:  # the embedded engine creates its schema; a server needs db sync
             self.db.ensure_schema()
         ref = self.db.service_get_by_host_and_binary(self.host, self.binary)
+        cancel.raise_if_set()
         self.manager.init_host(ref)
+        self._host_initialised = True
+        cancel.raise_if_set()
         self.service_ref = self._register(ref)
         self.manager.pre_start_hook(self.service_ref)
+        cancel.raise_if_set()
         endpoints = [self.manager, *self.manager.additional_endpoints, BaseAPI(self.binary)]
         self.rpcserver = RPCServer(
             self.conf.transport,
@@ -137,7 +154,8 @@ class Service:
             endpoints,
             ServerOptions.from_config(self.conf),
         )
-        self.rpcserver.start()
+        with cancel.calls(self.rpcserver.stop):
+            self.rpcserver.start()
         self.manager.post_start_hook()
         if self.leader:
             self.servicegroup.join(self.service_ref.id)
@@ -176,26 +194,32 @@ class Service:
     # ----- stop ---------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Stop what started, in nova's order; after a cancelled start, only that part."""
         self._shutting_down = True
         if self.rpcserver is not None:
             self.rpcserver.stop()
-        _bounded(
-            lambda: self.manager.graceful_shutdown(self.conf.manager_shutdown_timeout),
-            self.conf.manager_shutdown_timeout,
-            "the manager's graceful_shutdown",
-        )
+        if self._host_initialised:
+            _bounded(
+                lambda: self.manager.graceful_shutdown(self.conf.manager_shutdown_timeout),
+                self.conf.manager_shutdown_timeout,
+                "the manager's graceful_shutdown",
+            )
         if self.rpcserver is not None:
             self.rpcserver.wait()
         if self._periodic is not None:
             self._periodic.stop()
         self.servicegroup.leave()
-        self.manager.cleanup_host()
+        if self._host_initialised:
+            self.manager.cleanup_host()
 
     def wait(self) -> None:
         if self._periodic is not None:
             self._periodic.wait()
 
-    def reset(self) -> None:
+    def reset(self, conf: Config | None = None) -> None:
+        """A mutate reload: take the new configuration, then ``manager.reset()``."""
+        if conf is not None:
+            self.conf = conf
         self.manager.reset()
 
     def kill(self) -> None:

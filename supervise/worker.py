@@ -1,10 +1,15 @@
 """The child side: from fork() to the hosted service and back to exit.
 
-A worker's main thread waits on its signals and its channel to the master; the service
-runs in its own threads. It stops (drains) on SIGTERM, on the master's disappearance
-(channel end of file or ``PR_SET_PDEATHSIG``) and never on SIGHUP or SIGINT from outside:
-a terminal's Ctrl-C or ``pkill -HUP supervise`` reaches the master, which drives the
-workers. SIGQUIT exits at once without draining.
+A worker's main thread is a loop in the master's shape: one selector over its signals, its
+channel to the master and the completion of the service's life-cycle steps (start, reset,
+stop), which run one at a time on a thread of their own. Signal handlers only record the
+signal; nothing is ever raised into the service's code.
+
+It stops (drains) on SIGTERM, on the master's disappearance (channel end of file or
+``PR_SET_PDEATHSIG``) and never on SIGHUP or SIGINT from outside: a terminal's Ctrl-C or
+``pkill -HUP supervise`` reaches the master, which drives the workers. A stop while the
+service starts cancels the start (`hosted.Cancel`), then stops what did start. SIGQUIT
+exits at once without draining.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -35,11 +41,7 @@ LOG = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
-
-
-class _StopWhileStarting(BaseException):
-    """Raised by the TERM handler into a service's start(), which may wait for a long time
-    (a broker that is down); a BaseException so that the service's handlers let it pass."""
+RECORDED_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Closable(Protocol):
@@ -63,6 +65,7 @@ def run(spec: WorkerSpec, link: socket.socket, inherited: list[Closable]) -> NoR
     """Entry point right after fork(), with every signal the master handles still blocked."""
     code = exitcodes.FAILED
     try:
+        os.setpgid(0, 0)  # lead a group of its own (the master sets it too: no race)
         code = Worker(spec, link, inherited).main()
     except BaseException:
         LOG.exception("worker failed")
@@ -77,7 +80,7 @@ def _set_parent_death_signal(signum: int) -> None:
         LOG.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
 
 
-def _log_thread_stacks(_signum: int, _frame: Any) -> None:
+def _log_thread_stacks() -> None:
     """SIGUSR2: every thread's stack as one log record, so the dumps of workers that share a
     log file do not interleave (faulthandler writes line by line)."""
     names = {thread.ident: thread.name for thread in threading.enumerate()}
@@ -88,17 +91,61 @@ def _log_thread_stacks(_signum: int, _frame: Any) -> None:
     LOG.warning("thread stacks:\n%s", "\n".join(parts))
 
 
+class Lifecycle:
+    """Runs one step of the service's life cycle at a time on a thread of its own, and wakes
+    the worker's loop when it is done."""
+
+    def __init__(self, wakeup: Wakeup):
+        self._wakeup = wakeup
+        self.step: str | None = None  # the step running, or done but not yet collected
+        self._done = False
+        self._error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.step is not None
+
+    def begin(self, step: str, work: Callable[[], None]) -> None:
+        assert self.step is None, f"{step} while {self.step} runs"
+        self.step, self._done, self._error = step, False, None
+        threading.Thread(
+            target=self._run, args=(work,), name=f"lifecycle-{step}", daemon=True
+        ).start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as error:
+            self._error = error
+        self._done = True
+        self._wakeup.wake()
+
+    def collect(self) -> tuple[str, BaseException | None] | None:
+        """(step, its error or None) once the running step is done; None until then."""
+        if self.step is None or not self._done:
+            return None
+        step, self.step = self.step, None
+        return step, self._error
+
+
 class Worker:
     def __init__(self, spec: WorkerSpec, link: socket.socket, inherited: list[Closable]):
         self.spec = spec
         self.conf = spec.conf
         self.link = link
+        self.context = hosted.WorkerContext(spec.slot, spec.generation, spec.conf)
+        self.service: hosted.Hosted | None = None
         self._signals: list[int] = []
         self._stop_reason: str | None = None
-        self._starting = False
+        self._stop_deadline: float | None = None
+        self._serving = False
+        self._pending_reset: Config | None = None
+        self._exit_code: int | None = None
+        self._failed = False  # a reset failed: exit 1 once drained
         self._crashed = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._reset_after_fork(inherited)
+        self._lifecycle = Lifecycle(self._wakeup)
 
     def _reset_after_fork(self, inherited: list[Closable]) -> None:
         """Undo what the master's state means in a child, then unblock signals."""
@@ -113,10 +160,8 @@ class Worker:
         self._wakeup.catch_signals()
         for signum in IGNORED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, self._record_signal)
-        signal.signal(signal.SIGUSR1, self._record_signal)
-        signal.signal(signal.SIGQUIT, self._quit_now)
-        signal.signal(signal.SIGUSR2, _log_thread_stacks)
+        for signum in RECORDED_SIGNALS:
+            signal.signal(signum, self._record_signal)
         faulthandler.enable()
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ)
         self._selector.register(self.link, selectors.EVENT_READ)
@@ -129,121 +174,187 @@ class Worker:
 
         _set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != self.spec.master_pid:
-            self._request_stop("the master exited while this worker started")
+            self._stop_reason = "the master exited while this worker started"
 
     def _record_signal(self, signum: int, _frame: Any) -> None:
         self._signals.append(signum)
-        if signum == signal.SIGTERM and self._starting:
-            raise _StopWhileStarting
-
-    def _quit_now(self, _signum: int, _frame: Any) -> None:
-        LOG.info("fast stop: exiting without draining")
-        logs.flush()
-        os._exit(exitcodes.OK)
-
-    def _request_stop(self, reason: str) -> None:
-        if self._stop_reason is None:
-            self._stop_reason = reason
 
     def _on_crash(self) -> None:
         self._crashed.set()
         self._wakeup.wake()
 
-    def main(self) -> int:
-        try:
-            target = self.spec.preloaded or hosted.load(self.spec.service)
-        except hosted.ServiceNotFound as error:
-            LOG.error("%s", error)
-            return exitcodes.WORKER_LOAD_FAILED
-        context = hosted.WorkerContext(self.spec.slot, self.spec.generation, self.conf)
-        self.service = hosted.host(target, context, on_crash=self._on_crash)
-        self._starting = True
-        try:
-            self.service.start()
-        except _StopWhileStarting:
-            LOG.info("stopped (SIGTERM) before the service was ready")
-            return exitcodes.OK
-        except ConfigError as error:  # e.g. a broker or queue file it cannot use: no retry
-            LOG.error("service %s cannot start: %s", self.spec.service.name, error)
-            return exitcodes.WORKER_LOAD_FAILED
-        except Exception:
-            LOG.exception("service %s failed to start", self.spec.service.name)
-            return exitcodes.FAILED
-        finally:
-            self._starting = False
-        self._handle_signals()
-        if self._stop_reason is None:
-            self._tell_master("ready")
-            LOG.info("ready: %s started", self.spec.service.name)
-        self._serve()
-        if self._crashed.is_set():
-            return exitcodes.FAILED
-        return self._drain()
+    # ----- the loop -----------------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def main(self) -> int:
+        if self._stop_reason is not None:
+            LOG.info("stopping before the service started: %s", self._stop_reason)
+            return exitcodes.OK
+        self._lifecycle.begin("start", self._start_service)
+        return self._loop()
+
+    def _loop(self) -> int:
         next_heartbeat = time.monotonic() + self.spec.heartbeat_interval
-        while self._stop_reason is None and not self._crashed.is_set():
-            timeout = max(0.0, next_heartbeat - time.monotonic())
+        while self._exit_code is None:
+            deadlines = [next_heartbeat]
+            if self._stop_deadline is not None:
+                deadlines.append(self._stop_deadline)
+            timeout = max(0.0, min(deadlines) - time.monotonic())
             for key, _ in self._selector.select(timeout):
                 if key.fileobj is self._wakeup.reader:
                     self._wakeup.drain()
                 else:
                     self._read_channel()
             self._handle_signals()
-            if time.monotonic() >= next_heartbeat:
+            self._collect_lifecycle()
+            if self._crashed.is_set() and self._exit_code is None:
+                self._exit_code = exitcodes.FAILED
+            now = time.monotonic()
+            if now >= next_heartbeat:
                 self._tell_master("heartbeat")
-                next_heartbeat = time.monotonic() + self.spec.heartbeat_interval
+                next_heartbeat = now + self.spec.heartbeat_interval
+            if self._stop_deadline is not None and now >= self._stop_deadline:
+                self._stop_timed_out()
+        return self._exit_code
 
     def _handle_signals(self) -> None:
-        while self._signals:
+        while self._signals and self._exit_code is None:
             signum = self._signals.pop(0)
             if signum == signal.SIGTERM:
                 self._request_stop("SIGTERM")
+            elif signum == signal.SIGQUIT:
+                LOG.info("fast stop: exiting without draining")
+                self._exit_code = exitcodes.OK
             elif signum == signal.SIGUSR1:
                 logs.reopen()
+            elif signum == signal.SIGUSR2:
+                _log_thread_stacks()
 
     def _read_channel(self) -> None:
         messages, master_gone = channel.receive(self.link)
         for message in messages:
             if message["type"] == "reset":
-                self._reset(Config.from_json(message["config"]))
+                self._on_reset(Config.from_json(message["config"]))
         if master_gone:
+            self._selector.unregister(self.link)
+            self.link.close()
             self._request_stop("the master has gone")
 
-    def _reset(self, conf: Config) -> None:
-        self.conf = conf
-        logging.getLogger().setLevel(conf.log_level)
-        if self.service.reset():
-            LOG.info("reset in place")
-            self._tell_master("ready")
-        else:
-            self._request_stop("the service cannot reset in place; a new worker replaces it")
-
-    def _tell_master(self, kind: str) -> None:
+    def _tell_master(self, kind: str, **fields: Any) -> None:
+        if self.link.fileno() < 0:
+            return
         try:
-            channel.send(self.link, kind)
+            channel.send(self.link, kind, **fields)
         except channel.PeerGone:
             self._request_stop("the master has gone")
 
-    def _drain(self) -> int:
-        LOG.info("stopping: %s", self._stop_reason)
-        self._tell_master("stopping")
-        if self.conf.graceful_shutdown_timeout:
-            deadline = threading.Timer(self.conf.graceful_shutdown_timeout, self._drain_timed_out)
-            deadline.daemon = True
-            deadline.start()
-        try:
-            self.service.stop()
-        except Exception:
-            LOG.exception("service %s failed to stop cleanly", self.spec.service.name)
-            return exitcodes.FAILED
-        LOG.info("stopped")
-        return exitcodes.OK
+    # ----- life-cycle steps ---------------------------------------------------------------
 
-    def _drain_timed_out(self) -> None:
+    def _start_service(self) -> None:
+        target = self.spec.preloaded or hosted.load(self.spec.service)
+        self.service = hosted.host(target, self.context, on_crash=self._on_crash)
+        self.service.start()
+
+    def _stop_service(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+
+    def _collect_lifecycle(self) -> None:
+        outcome = self._lifecycle.collect()
+        if outcome is None:
+            return
+        step, error = outcome
+        if step == "start":
+            self._started(error)
+        elif step == "reset":
+            self._was_reset(error)
+        else:
+            self._stopped(error)
+        if self._exit_code is not None or self._lifecycle.busy:
+            return
+        if self._stop_reason is not None:
+            self._begin_stop()
+        elif self._pending_reset is not None:
+            self._begin_reset()
+
+    def _started(self, error: BaseException | None) -> None:
+        name = self.spec.service.name
+        if error is None and self._stop_reason is None:
+            self._serving = True
+            self._tell_master("ready", can_reset=self.service.can_reset)
+            LOG.info("ready: %s started", name)
+        elif self._stop_reason is not None:
+            ended = "finished" if error is None else f"ended ({type(error).__name__}: {error})"
+            LOG.info(
+                "start %s after the stop (%s): stopping what started", ended, self._stop_reason
+            )
+        elif isinstance(error, hosted.ServiceNotFound):
+            LOG.error("%s", error)
+            self._exit_code = exitcodes.WORKER_LOAD_FAILED
+        elif isinstance(error, ConfigError):  # e.g. a broker or queue file it cannot use
+            LOG.error("service %s cannot start: %s", name, error)
+            self._exit_code = exitcodes.WORKER_LOAD_FAILED
+        else:
+            LOG.error("service %s failed to start", name, exc_info=error)
+            self._exit_code = exitcodes.FAILED
+
+    def _on_reset(self, conf: Config) -> None:
+        if self._stop_reason is not None:
+            return
+        self._pending_reset = conf
+        if self._serving and not self._lifecycle.busy:
+            self._begin_reset()
+        # else: it runs once the service has started, or once the reset before it is done
+
+    def _begin_reset(self) -> None:
+        conf, self._pending_reset = self._pending_reset, None
+        if not self.service.can_reset:
+            LOG.warning("ignored a reset: the service cannot reset in place")
+            return
+        self.conf = conf
+        logging.getLogger().setLevel(conf.log_level)
+        self._lifecycle.begin("reset", lambda: self.service.reset(conf))
+
+    def _was_reset(self, error: BaseException | None) -> None:
+        if error is not None:
+            LOG.error("service %s failed to reset", self.spec.service.name, exc_info=error)
+            self._failed = True
+            self._request_stop("its reset failed")
+            return
+        LOG.info("reset in place")
+        if self._stop_reason is None and self._pending_reset is None:
+            self._tell_master("ready", can_reset=True)
+
+    def _request_stop(self, reason: str) -> None:
+        if self._stop_reason is not None:
+            return
+        self._stop_reason = reason
+        timeout = self.conf.graceful_shutdown_timeout
+        if timeout:
+            self._stop_deadline = time.monotonic() + timeout
+        self._tell_master("stopping")
+        if self._lifecycle.step == "start":
+            LOG.info("stopping (%s) while the service starts: cancelling its start", reason)
+            self.context.cancel.set()
+        elif not self._lifecycle.busy:
+            self._begin_stop()
+        # else: a reset runs; the stop begins once it is done
+
+    def _begin_stop(self) -> None:
+        LOG.info("stopping: %s", self._stop_reason)
+        self._serving = False
+        self._lifecycle.begin("stop", self._stop_service)
+
+    def _stopped(self, error: BaseException | None) -> None:
+        if error is not None:
+            LOG.error("service %s failed to stop cleanly", self.spec.service.name, exc_info=error)
+            self._exit_code = exitcodes.FAILED
+            return
+        LOG.info("stopped")
+        self._exit_code = exitcodes.FAILED if self._failed else exitcodes.OK
+
+    def _stop_timed_out(self) -> None:
         LOG.error(
             "stop did not finish within graceful_shutdown_timeout (%.1f s); exiting",
             self.conf.graceful_shutdown_timeout,
         )
-        logs.flush()
-        os._exit(exitcodes.WORKER_DRAIN_TIMEOUT)
+        self._exit_code = exitcodes.WORKER_DRAIN_TIMEOUT

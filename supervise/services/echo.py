@@ -43,6 +43,7 @@ class EchoService:
     endpoint_class: type = EchoEndpoint
 
     def __init__(self, context: WorkerContext):
+        self.cancel = context.cancel
         conf = context.conf
         target = Target(topic=conf.topic or TOPIC, server=conf.host)
         self.server = RPCServer(
@@ -53,7 +54,8 @@ class EchoService:
         )
 
     def start(self) -> None:
-        self.server.start()
+        with self.cancel.calls(self.server.stop):
+            self.server.start()
 
     def stop(self) -> None:
         self.server.stop()

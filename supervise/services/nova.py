@@ -76,7 +76,11 @@ class ComputeManager(Manager):
 
 def _service(binary: str, manager: type[Manager], context: WorkerContext) -> Service:
     return Service.create(
-        binary=binary, manager=manager, conf=context.conf, worker_id=context.worker_id
+        binary=binary,
+        manager=manager,
+        conf=context.conf,
+        worker_id=context.worker_id,
+        cancel=context.cancel,
     )
 
 

@@ -1,7 +1,8 @@
 """Fixtures that run a real `supervise` master as a subprocess and watch what it does.
 
-Every master runs in a session of its own, so cleanup can kill its whole process group,
-workers included, whatever state a failing test left it in.
+Every master runs in a session of its own; its workers lead process groups of their own
+inside it, so cleanup kills every process of that session, whatever state a failing test
+left it in.
 """
 
 from __future__ import annotations
@@ -121,15 +122,19 @@ class Supervisor:
         return [e for e in events if kind is None or e.kind == kind]
 
     def worker_pids(self) -> set[int]:
-        """Live worker processes, as the kernel sees them (not as the master says)."""
+        """Live worker processes, as the kernel sees them (not as the master says): the
+        master's children that lead a process group in its session (the master, a child
+        subreaper, also adopts what workers leave behind)."""
         try:
             children = psutil.Process(self.pid).children()
         except psutil.NoSuchProcess:
             return set()
         alive = set()
         for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.status() != psutil.STATUS_ZOMBIE:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                leads_group = os.getpgid(child.pid) == child.pid
+                in_session = os.getsid(child.pid) == self.pid
+                if leads_group and in_session and child.status() != psutil.STATUS_ZOMBIE:
                     alive.add(child.pid)
         return alive
 
@@ -149,17 +154,22 @@ class Supervisor:
         return self.process.wait(timeout)
 
     def group_processes(self) -> list[psutil.Process]:
-        """Every live process left in the master's process group (its workers included)."""
+        """Every live process left in the master's session: the master, its workers (each
+        leads a process group of its own) and what they started, unless it left the session."""
         found = []
         for process in psutil.process_iter(["status"]):
             with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if os.getpgid(process.pid) == self.pid and process.status() != "zombie":
+                if os.getsid(process.pid) == self.pid and process.status() != "zombie":
                     found.append(process)
         return found
 
     def cleanup(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (left := self.group_processes()) and time.monotonic() < deadline:
+            for process in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+            time.sleep(0.01)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self.notify.close()

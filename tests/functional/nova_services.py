@@ -3,6 +3,8 @@ which would slow down every worker of the lighter test services)."""
 
 from __future__ import annotations
 
+import time
+
 from supervise.manager import Manager
 from supervise.periodic import periodic_task
 from supervise.rpc.dispatcher import Target
@@ -12,7 +14,7 @@ from tests.functional.services import behaviour, record
 
 class HookRecorder(Manager):
     """A manager that records its hooks (and their arguments) and a fast periodic task.
-    Behaviour files: ``fail-init`` (init_host raises)."""
+    Behaviour files: ``fail-init`` (init_host raises), ``init-delay`` (seconds it takes)."""
 
     target = Target(version="1.0")
 
@@ -24,6 +26,9 @@ class HookRecorder(Manager):
 
     def init_host(self, service_ref) -> None:
         self._record("init_host:" + ("none" if service_ref is None else "ref"))
+        delay = behaviour("init-delay")
+        if delay:
+            time.sleep(float(delay))
         if behaviour("fail-init") is not None:
             raise RuntimeError("init_host told to fail by the test")
 
@@ -52,5 +57,9 @@ class HookRecorder(Manager):
 
 def hook_service(context):
     return Service.create(
-        binary="nova-hooks", manager=HookRecorder, conf=context.conf, worker_id=context.worker_id
+        binary="nova-hooks",
+        manager=HookRecorder,
+        conf=context.conf,
+        worker_id=context.worker_id,
+        cancel=context.cancel,
     )

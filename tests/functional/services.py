@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,13 +24,16 @@ def _events_dir() -> Path:
     return Path(os.environ[EVENTS_DIR_VARIABLE])
 
 
-def record(event: str, slot: int, generation: int) -> None:
-    line = f"{event} {slot} {generation} {os.getpid()} {time.time():.6f}\n"
-    fd = os.open(_events_dir() / "events", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _append(name: str, line: str) -> None:
+    fd = os.open(_events_dir() / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
+
+
+def record(event: str, slot: int, generation: int) -> None:
+    _append("events", f"{event} {slot} {generation} {os.getpid()} {time.time():.6f}")
 
 
 def behaviour(name: str) -> str | None:
@@ -40,9 +45,11 @@ class Recorder:
     """nova-style life cycle: ``Recorder(context)`` then start/stop/wait/reset.
 
     Behaviour files: ``fail-start`` (start raises), ``start-delay`` (seconds start takes),
-    ``hang-stop`` (stop never returns)."""
+    ``start-until-cancelled`` (start waits until the worker cancels it), ``hang-stop`` (stop
+    never returns)."""
 
     def __init__(self, context):
+        self.context = context
         self.slot = context.worker_id
         self.generation = context.generation
 
@@ -53,6 +60,10 @@ class Recorder:
         delay = behaviour("start-delay")
         if delay:
             time.sleep(float(delay))
+        if behaviour("start-until-cancelled") is not None:
+            cancelled = threading.Event()
+            with self.context.cancel.calls(cancelled.set):
+                cancelled.wait()
         if behaviour("fail-start") is not None:
             record("failed", self.slot, self.generation)
             raise RuntimeError("told to fail by the test")
@@ -68,6 +79,37 @@ class Recorder:
 
     def reset(self) -> None:
         record("reset", self.slot, self.generation)
+
+
+# Starts `sleep` in a session of its own and exits: the sleep is detached, like a daemon.
+DAEMONIZE = (
+    "import os, subprocess; os.setsid(); "
+    "print(subprocess.Popen(['sleep', '1000'], stdout=subprocess.DEVNULL,"
+    " stderr=subprocess.DEVNULL).pid)"
+)
+
+
+class ConfigRecorder(Recorder):
+    """A Recorder whose reset takes the new configuration: it records ``reset-with:T:SAME``,
+    T its graceful_shutdown_timeout, SAME whether the worker context holds it too."""
+
+    def reset(self, conf) -> None:
+        same = self.context.conf is conf
+        record(f"reset-with:{conf.graceful_shutdown_timeout:g}:{same}", self.slot, self.generation)
+
+
+class Spawner(Recorder):
+    """A Recorder whose start leaves processes behind: a ``sleep`` child (in the worker's
+    process group) and a ``sleep`` daemon (detached, in a session of its own). Their pids
+    go to the ``descendants`` file, one ``WORKER_PID CHILD DAEMON`` line per worker."""
+
+    def start(self) -> None:
+        child = subprocess.Popen(["sleep", "1000"])
+        daemon = subprocess.run(
+            [sys.executable, "-c", DAEMONIZE], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        _append("descendants", f"{os.getpid()} {child.pid} {daemon}")
+        super().start()
 
 
 class CotyledonRecorder:
@@ -116,6 +158,12 @@ class TestEndpoint(EchoEndpoint):
 
     def _private(self, context: dict) -> str:
         return "never callable"
+
+    def record(self, context: dict, id: str, ms: float = 0) -> str:
+        """Handle a message with a unique id: append it to the ``handled`` file."""
+        time.sleep(ms / 1000)
+        _append("handled", id)
+        return id
 
 
 class RPCTestService(EchoService):

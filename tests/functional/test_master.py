@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import psutil
 import pytest
@@ -34,7 +36,10 @@ def test_killed_worker_is_replaced_in_its_slot_and_others_untouched(supervise):
     wait_until(lambda: replacement in {e.pid for e in sup.events("started")}, what="started")
     assert after - {replacement} == before - {victim}
     assert slot_of(sup, replacement) == victim_slot
-    assert f"Child {victim} killed by signal 9" in sup.log()
+    assert (
+        f"WARNING [master pid {sup.pid}] supervise.master: Child {victim} killed by signal 9"
+        in sup.log()
+    )
 
 
 def test_sigterm_runs_every_stop_and_exits_zero(supervise):
@@ -102,7 +107,7 @@ def test_rolling_reload_replaces_every_worker_keeping_enough_ready(supervise):
     assert min_serving(sup) >= 4 - 2
 
 
-def min_serving(sup: Supervisor) -> int:
+def min_serving(sup: Supervisor, workers: int = 4) -> int:
     """Fewest workers serving at once after the first all-ready moment, from the events
     the workers wrote (started .. stopping), not from the master's own bookkeeping."""
     timeline = sorted(
@@ -112,7 +117,7 @@ def min_serving(sup: Supervisor) -> int:
     serving, lowest, seen_full = 0, None, False
     for _, change in timeline:
         serving += change
-        if serving == 4:
+        if serving == workers:
             seen_full = True
         if seen_full:
             lowest = serving if lowest is None else min(lowest, serving)
@@ -231,8 +236,75 @@ def test_mutate_reload_replaces_a_cotyledon_service_without_reload(supervise):
     sup.signal(signal.SIGHUP)
     wait_until(lambda: len(p := sup.worker_pids()) == 2 and not p & before, what="two new workers")
     wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
-    assert "exited with status 0" in sup.log()
+    for pid in before:  # drained by the master: an expected exit
+        assert (
+            f"INFO [master pid {sup.pid}] supervise.master: Child {pid} exited with status 0"
+            in sup.log()
+        )
+    assert "cannot reset in place and are replaced" in sup.log()
     assert "giving up" not in sup.log()
+
+
+def test_mutate_reload_of_a_service_that_cannot_reset_replaces_one_worker_at_a_time(supervise):
+    sup = supervise(
+        "tests.functional.services:CotyledonWithoutReload", "--workers", "3",
+        "--reload-method", "mutate", *FAST,
+    )  # fmt: skip
+    before = sup.wait_ready(3)
+    sup.signal(signal.SIGHUP)
+    wait_until(
+        lambda: len(p := sup.worker_pids()) == 3 and not p & before, what="three new workers"
+    )
+    wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
+    assert min_serving(sup, workers=3) >= 2
+
+
+def test_mutate_reload_hands_the_new_configuration_to_reset(supervise, tmp_path):
+    conf = tmp_path / "supervise.conf"
+    conf.write_text("[DEFAULT]\ngraceful_shutdown_timeout = 30\n")
+    sup = supervise(
+        "tests.functional.services:ConfigRecorder", "--workers", "2", "--config-file", str(conf),
+        "--reload-method", "mutate", *FAST,
+    )  # fmt: skip
+    pids = sup.wait_ready(2)
+    conf.write_text("[DEFAULT]\ngraceful_shutdown_timeout = 7\n")
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: len(sup.events("reset-with:7:True")) == 2, what="two resets with 7 s")
+    assert {e.pid for e in sup.events("reset-with:7:True")} == pids == sup.worker_pids()
+
+
+def test_term_during_start_cancels_it_then_stops_what_started(supervise):
+    sup = supervise(RECORDER, "--workers", "2", *FAST, behaviours={"start-until-cancelled": ""})
+    wait_until(lambda: len(sup.events("starting")) == 2, what="two starts")
+    began = time.monotonic()
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert time.monotonic() - began < 1.0
+    assert sup.log().count("cancelling its start") == 2
+    assert sup.log().count("start ended (Cancelled: told to stop while starting)") == 2
+    assert {e.pid for e in sup.events("stopped")} == {e.pid for e in sup.events("starting")}
+    assert "Traceback" not in sup.log() and "WARNING" not in sup.log()
+
+
+def test_term_during_a_start_that_ignores_it_stops_once_started(supervise):
+    sup = supervise(RECORDER, "--workers", "1", *FAST, behaviours={"start-delay": "0.5"})
+    wait_until(lambda: sup.events("starting"), what="a start")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert [e.kind for e in sup.events()] == ["starting", "started", "stopping", "stopped"]
+    assert "start finished after the stop (SIGTERM): stopping what started" in sup.log()
+    assert not sup.notify.with_key("READY")
+    assert "Traceback" not in sup.log()
+
+
+def test_quit_during_start_exits_at_once(supervise):
+    sup = supervise(RECORDER, "--workers", "1", *FAST, behaviours={"start-delay": "30"})
+    wait_until(lambda: sup.events("starting"), what="a start")
+    began = time.monotonic()
+    sup.signal(signal.SIGQUIT)
+    assert sup.wait_exit() == 0
+    assert time.monotonic() - began < 1.0
+    assert "fast stop: exiting without draining" in sup.log()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGQUIT])
@@ -340,11 +412,12 @@ def test_usr2_dumps_every_worker_thread_stack(supervise, tmp_path):
 
     def dumps() -> list[str]:
         records = log_file.read_text().split("thread stacks:")[1:]
-        return [r for r in records if "in run" in r and "in _serve" in r]
+        return [r for r in records if "in run" in r and "in _handle_signals" in r]
 
-    wait_until(lambda: len(dumps()) == 2, what="two stack dumps showing run() and _serve()")
+    # logged by the worker's loop, not from a signal handler
+    wait_until(lambda: len(dumps()) == 2, what="two stack dumps showing run() and the loop")
     for record in dumps():  # one whole record each, not two interleaved dumps
-        assert record.count("in _serve") == 1
+        assert record.count("in _loop") == 1
 
 
 def test_ctrl_c_in_a_terminal_drains_the_whole_tree_once(supervise):
@@ -410,3 +483,108 @@ def test_mutate_reload_replaces_a_cotyledon_subclass_with_its_default_reload(sup
     wait_until(lambda: len(p := sup.worker_pids()) == 2 and not p & before, what="two new workers")
     wait_until(lambda: len(sup.notify.with_key("READY")) == 2, what="READY=1 after reload")
     assert "cannot reset in place" in sup.log()
+
+
+# ----- what workers leave behind ---------------------------------------------------------
+
+SPAWNER = "tests.functional.services:Spawner"
+
+
+@dataclass(frozen=True)
+class LeftBehind:
+    worker: int
+    child: int  # a `sleep` in the worker's process group
+    daemon: int  # a `sleep` detached into a session of its own
+
+
+def left_behind(sup: Supervisor) -> dict[int, LeftBehind]:
+    """By worker pid, what each Spawner worker started."""
+    path = sup.workdir / "descendants"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {int(w): LeftBehind(int(w), int(c), int(d)) for w, c, d in map(str.split, lines)}
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def spawner(supervise):
+    """Start Spawner workers; at the end, kill any `sleep` they started that is still there
+    (the daemons leave the master's session, which the fixture's cleanup kills)."""
+    started: list[Supervisor] = []
+
+    def start(*args: str) -> Supervisor:
+        sup = supervise(SPAWNER, *args, *FAST)
+        started.append(sup)
+        return sup
+
+    yield start
+    for sup in started:
+        for spawned in left_behind(sup).values():
+            for pid in (spawned.child, spawned.daemon):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if psutil.Process(pid).name() == "sleep":
+                        os.kill(pid, signal.SIGKILL)
+
+
+def wait_spawned(sup: Supervisor, pids: set[int]) -> dict[int, LeftBehind]:
+    spawned = wait_until(
+        lambda: (found := left_behind(sup)).keys() >= pids and found, what="descendants"
+    )
+    return {pid: spawned[pid] for pid in pids}
+
+
+def test_the_master_adopts_what_a_worker_detaches_and_each_worker_leads_its_group(spawner):
+    sup = spawner("--workers", "2")
+    pids = sup.wait_ready(2)
+    for pid, spawned in wait_spawned(sup, pids).items():
+        assert os.getpgid(pid) == pid
+        assert os.getpgid(spawned.child) == pid
+        assert os.getsid(spawned.daemon) != os.getsid(pid) == sup.pid  # it left the session
+        assert psutil.Process(spawned.daemon).ppid() == sup.pid  # the master is a subreaper
+
+
+def test_what_a_killed_worker_left_behind_is_stopped(spawner):
+    sup = spawner("--workers", "2")
+    pids = sup.wait_ready(2)
+    spawned = wait_spawned(sup, pids)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    left = (spawned[victim].child, spawned[victim].daemon)
+    wait_until(lambda: not any(map(running, left)), timeout=5, what="what it left to stop")
+    wait_until(lambda: len(sup.worker_pids()) == 2, what="a replacement")
+    assert f"Child {victim} left processes in its group" in sup.log()
+    assert sup.process.poll() is None
+    assert "Traceback" not in sup.log()
+
+
+def test_what_replaced_workers_left_behind_is_stopped_by_a_reload(spawner):
+    sup = spawner("--workers", "2")
+    before = sup.wait_ready(2)
+    spawned = wait_spawned(sup, before)
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: not sup.worker_pids() & before, what="a new generation")
+    left = [pid for s in spawned.values() for pid in (s.child, s.daemon)]
+    wait_until(lambda: not any(map(running, left)), timeout=5, what="what they left to stop")
+    # exits the master asked for are logged as expected
+    for pid in before:
+        assert (
+            f"INFO [master pid {sup.pid}] supervise.master: Child {pid} exited with status 0"
+            in sup.log()
+        )
+
+
+def test_no_descendant_outlives_a_stop(spawner):
+    sup = spawner("--workers", "2")
+    pids = sup.wait_ready(2)
+    spawned = wait_spawned(sup, pids)
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    left = [pid for s in left_behind(sup).values() for pid in (s.worker, s.child, s.daemon)]
+    assert len(left) == 3 * len(spawned)
+    assert not [pid for pid in left if running(pid)]
+    assert not sup.group_processes()

@@ -4,54 +4,11 @@ transports but for the broker restart)."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from supervise.rpc.client import RPCClient
 from tests.functional.conftest import each_transport, rabbitmqctl, wait_until
-
-
-@dataclass
-class Load:
-    """Callers that call `sleep(ms)` in a loop and count what happens."""
-
-    client: RPCClient
-    callers: int = 8
-    ms: int = 20
-    succeeded: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _caller(self) -> None:
-        while not self._stop.is_set():
-            try:
-                assert self.client.call({}, "sleep", ms=self.ms) == self.ms
-            except Exception as error:
-                with self._lock:
-                    self.failures.append(f"{type(error).__name__}: {error}")
-            else:
-                with self._lock:
-                    self.succeeded += 1
-
-    @contextmanager
-    def running(self) -> Iterator[Load]:
-        threads = [threading.Thread(target=self._caller) for _ in range(self.callers)]
-        for thread in threads:
-            thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            for thread in threads:
-                thread.join(timeout=60)
-
-    def wait_for_calls(self, count: int) -> None:
-        start = self.succeeded
-        wait_until(lambda: self.succeeded >= start + count, what=f"{count} more calls")
+from tests.functional.load import Load
 
 
 def reload_under_load(sup, client: RPCClient) -> Load:

@@ -105,6 +105,17 @@ def test_a_failing_hook_exits_the_worker_and_the_crash_budget_applies(run_hooks)
     assert not sup.notify.with_key("READY")
 
 
+def test_term_during_start_ends_it_between_steps_and_undoes_only_those_that_ran(run_hooks):
+    sup = run_hooks(1, behaviours={"init-delay": "0.5"})
+    wait_until(lambda: "init_host:none" in hooks(sup), what="init_host")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert hooks(sup) == ["init_host:none", "graceful_shutdown:30", "cleanup_host"]
+    assert "start ended (Cancelled: told to stop while starting)" in sup.log()
+    assert "Traceback" not in sup.log()
+    assert sup.database.service_get_by_host_and_binary("hosta", "nova-hooks") is None
+
+
 def test_mutate_reload_resets_the_manager_in_every_worker(run_hooks):
     sup = run_hooks(2, "--reload-method", "mutate")
     pids = sup.wait_ready(2)
