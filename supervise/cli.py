@@ -16,10 +16,12 @@ from supervise import config, exitcodes, hosted, logs, master, private_files
 from supervise.config import ConfigError
 from supervise.rpc.transport_url import BadTransportURL
 from supervise.systemd import Notifier
+from supervise.terminal import printable
 
 SUBCOMMANDS = ("run", "call", "service", "db")
 
 LOG = logging.getLogger(__name__)
+_FIELDS = {f.name: f for f in config.settable_fields()}
 
 
 class UsageError(Exception):
@@ -37,8 +39,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The top-level parser and that of `run`."""
+def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and those of the subcommands `run` and `call`."""
     parser = _OneLineParser(
         prog="supervise",
         description="A pre-fork supervisor for Python RPC services.",
@@ -70,15 +72,20 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     call.add_argument("--fanout", action="store_true", help="cast to every server of TOPIC")
     call.add_argument("--namespace", help="endpoint namespace")
     call.add_argument("--api-version", dest="api_version", help="requested API version")
-    call.add_argument("--timeout", metavar="S", help="seconds to wait for the reply")
-    _add_config_options(
-        call, ["transport_url", "control_exchange", "publisher_confirms", "log_level"]
+    call.add_argument(
+        "--timeout",
+        metavar="S",
+        help=_described("seconds to wait for the reply", "rpc_response_timeout"),
     )
+    _add_config_options(call, CALL_OPTIONS)
     _add_service_parsers(commands)
     _add_db_parsers(commands)
-    return parser, run
+    return parser, {"run": run, "call": call}
 
 
+# Without a URL the transport and the database are files in the state directory: every
+# subcommand that reaches one takes --state-dir, as run does.
+CALL_OPTIONS = ["transport_url", "state_dir", "control_exchange", "publisher_confirms", "log_level"]
 DATABASE_OPTIONS = ["database_url", "state_dir", "log_level"]
 
 
@@ -126,9 +133,8 @@ def _add_config_options(parser: argparse.ArgumentParser, names: list[str]) -> No
         metavar="FILE",
         help="INI config file; repeat for more, later ones win",
     )
-    fields = {f.name: f for f in config.settable_fields()}
     for name in names:
-        option = fields[name]
+        option = _FIELDS[name]
         if option.metadata.get("flag") == "store_true":
             parser.add_argument(
                 _flag(name),
@@ -141,16 +147,22 @@ def _add_config_options(parser: argparse.ArgumentParser, names: list[str]) -> No
                 _flag(name),
                 default=argparse.SUPPRESS,
                 metavar=name.upper(),
-                help=option.metadata["help"],
+                help=_described(option.metadata["help"], name),
             )
+
+
+def _described(text: str, name: str) -> str:
+    """An option's help, with its range when it has one."""
+    limits = _FIELDS[name].metadata.get("range")
+    return f"{text} (range: {limits})" if limits else text
 
 
 def _print_help() -> None:
     """The commands, then the options of `run`, the command most people are looking for."""
-    parser, run = build_parsers()
+    parser, commands = build_parsers()
     parser.print_help()
     print()
-    run.print_help()
+    commands["run"].print_help()
 
 
 def _version() -> str:
@@ -183,13 +195,36 @@ def _parse_flags(namespace: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
+def _check_encoding(argv: Sequence[str]) -> None:
+    """A byte that is not UTF-8 reaches sys.argv as a lone surrogate, which fails wherever
+    the text is encoded: in a message, a URL, the database. Every argument is text."""
+    for argument in argv:
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"argument {argument!r} is not valid UTF-8") from None
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    _check_encoding(argv)
+    parser, commands = build_parsers()
+    argv = _with_implied_run(argv)
+    if argv[:1] == ["call"]:
+        # A subparser's nargs="*" takes no KEY=VALUE after an option (`call topic method
+        # --timeout 5 a=1`); `call` has no subcommands of its own, so it parses intermixed.
+        namespace = commands["call"].parse_intermixed_args(argv[1:])
+        namespace.command = "call"
+        return namespace
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if list(argv) in (["-h"], ["--help"]):
             _print_help()
             return exitcodes.OK
-        namespace = build_parsers()[0].parse_args(_with_implied_run(argv))
+        namespace = _parse(argv)
         if namespace.command is None:
             raise UsageError("missing SERVICE (see supervise --help)")
         # Commands are imported on use, so the master's start stays free of kombu and
@@ -208,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return db_cli.main(_load_config(namespace))
         return _run(namespace)
     except (UsageError, ConfigError, hosted.ServiceNotFound, BadTransportURL) as error:
-        print(f"supervise: error: {error}", file=sys.stderr)
+        print(f"supervise: error: {printable(str(error))}", file=sys.stderr)
         return exitcodes.USAGE
     except KeyboardInterrupt:
         return exitcodes.FAILED

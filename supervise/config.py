@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import socket
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,38 +37,67 @@ def default_state_dir() -> str:
     return os.path.join(base, "supervise")
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+# The range of every duration and count, chosen so that the code can honour any accepted
+# value (docs/decisions.md). Every wait ends in epoll or select, and epoll's timeout is a C int
+# of milliseconds (24.8 days at most): durations stop at 7 days, and start at its 1 ms.
+MAX_SECONDS = 7 * 86400
+MIN_SECONDS = 0.001
+# The master holds a socket per worker, two per slot in a rolling reload: 256 workers and a
+# reload of all of them at once take about 520 descriptors, within the usual soft limit, 1024.
+MAX_WORKERS = 256
+MAX_THREADS = 1024  # per worker; started on demand; well within AMQP's 16-bit prefetch count
+MAX_MESSAGE_SIZE = 256 << 20  # RabbitMQ's own limit is 128 MiB unless raised (512 MiB at most)
+MAX_RESTARTS = 1000
+MAX_REDELIVERIES = 1000
+# AMQP tunes the heartbeat in whole seconds, in a 16-bit field; under 1 s py-amqp sees
+# heartbeats missed and resets an idle connection every second.
+MAX_AMQP_HEARTBEAT = 65535
+
+
+@dataclass(frozen=True)
+class Count:
+    """A whole number in [minimum, maximum]."""
+
+    minimum: int
+    maximum: int
+
+    @property
+    def range(self) -> str:
+        return f"{self.minimum} to {self.maximum}"
+
+    def __call__(self, text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise ValueError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"must be from {self.range}, got {value}")
         return value
 
-    return parse
 
+@dataclass(frozen=True)
+class Seconds:
+    """A finite number of seconds in [minimum, maximum], or 0 (no limit, off) with `zero`."""
 
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+    minimum: float = MIN_SECONDS
+    maximum: float = MAX_SECONDS
+    zero: bool = False
 
+    @property
+    def range(self) -> str:
+        span = f"{self.minimum:g} to {self.maximum:g}"
+        return f"0 or {span}" if self.zero else span
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be a finite, non-negative number of seconds, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise ValueError("must be more than 0 seconds")
-    return value
+    def __call__(self, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {text!r}") from None
+        if value == 0 and self.zero:
+            return 0.0
+        if not (math.isfinite(value) and self.minimum <= value <= self.maximum):
+            raise ValueError(f"must be {self.range} seconds, got {text.strip()!r}")
+        return value
 
 
 def _boolean(text: str) -> bool:
@@ -104,16 +134,29 @@ def _log_level(text: str) -> str:
 
 
 def _text(text: str) -> str:
+    """Non-empty UTF-8 text without control characters: it goes into URLs, file names,
+    queue names, the services table and log lines. A byte that is not UTF-8 reaches Python
+    from argv or the environment as a lone surrogate."""
     if not text.strip():
         raise ValueError("must not be empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"not valid UTF-8: {text!r}") from None
+    if any(unicodedata.category(character) == "Cc" for character in text):
+        raise ValueError(f"must not hold control characters: {text!r}")
     return text
 
 
 def _option(default: Any, parse: Callable[[str], Any], help: str, **kwargs: Any) -> Any:
-    """A Config field: `parse` turns the text of a file, variable or flag into its value."""
+    """A Config field: `parse` turns the text of a file, variable or flag into its value; a
+    Count or Seconds also gives the option its range."""
+    metadata = {"parse": parse, "help": help, **kwargs}
+    if isinstance(parse, Count | Seconds):
+        metadata["range"] = parse.range
     if callable(default):
-        return field(default_factory=default, metadata={"parse": parse, "help": help, **kwargs})
-    return field(default=default, metadata={"parse": parse, "help": help, **kwargs})
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -121,35 +164,41 @@ class Config:
     """Every option of the master and its workers. Build it with `load`."""
 
     workers: int = _option(
-        available_cpus, _positive_int, "worker processes (default: CPUs this process may use)"
+        available_cpus,
+        Count(1, MAX_WORKERS),
+        "worker processes (default: CPUs this process may use)",
     )
     host: str = _option(socket.gethostname, _text, "host name the services register under")
     graceful_shutdown_timeout: float = _option(
-        60.0, _seconds, "seconds a drain may take before the rest are killed; 0: no limit"
+        60.0,
+        Seconds(zero=True),
+        "seconds a drain may take before the rest are killed; 0: no limit",
     )
     reload_method: str = _option(
         "rolling", _choice("rolling", "mutate"), "how SIGHUP reloads: rolling or mutate"
     )
-    reload_batch: int = _option(1, _positive_int, "workers replaced at a time in a rolling reload")
+    reload_batch: int = _option(
+        1, Count(1, MAX_WORKERS), "workers replaced at a time in a rolling reload"
+    )
     worker_ready_timeout: float = _option(
-        60.0, _positive_float, "seconds a new worker may take to report ready"
+        60.0, Seconds(), "seconds a new worker may take to report ready"
     )
     preload: bool = _option(
         False, _boolean, "import the service in the master before forking", flag="store_true"
     )
     max_restarts: int = _option(
-        5, _non_negative_int, "unexpected exits of one slot tolerated within restart_window"
+        5, Count(0, MAX_RESTARTS), "unexpected exits of one slot tolerated within restart_window"
     )
-    restart_window: float = _option(60.0, _positive_float, "seconds over which restarts count")
+    restart_window: float = _option(60.0, Seconds(), "seconds over which restarts count")
     restart_backoff: float = _option(
-        0.1, _positive_float, "first respawn delay of a crash loop; doubles per crash"
+        0.1, Seconds(), "first respawn delay of a crash loop; doubles per crash"
     )
-    restart_backoff_max: float = _option(30.0, _positive_float, "longest respawn delay")
+    restart_backoff_max: float = _option(30.0, Seconds(), "longest respawn delay")
     healthy_uptime: float = _option(
-        10.0, _positive_float, "uptime after which a worker's crash no longer counts as a loop"
+        10.0, Seconds(), "uptime after which a worker's crash no longer counts as a loop"
     )
     heartbeat_interval: float = _option(
-        5.0, _positive_float, "seconds between a worker's heartbeats to the master"
+        5.0, Seconds(), "seconds between a worker's heartbeats to the master"
     )
     transport_url: str | None = _option(
         None,
@@ -160,39 +209,47 @@ class Config:
     control_exchange: str = _option("openstack", _text, "topic exchange of RPC messages")
     topic: str | None = _option(None, _text, "RPC topic of the service (default: its own)")
     executor_thread_pool_size: int = _option(
-        64, _positive_int, "threads running RPC methods in each worker; also its prefetch"
+        64, Count(1, MAX_THREADS), "threads running RPC methods in each worker; also its prefetch"
     )
-    rpc_response_timeout: float = _option(60.0, _positive_float, "seconds a call waits")
+    rpc_response_timeout: float = _option(60.0, Seconds(), "seconds a call waits")
     max_message_size: int = _option(
-        16 << 20, _positive_int, "bytes; a larger message gets an error reply"
+        16 << 20, Count(1, MAX_MESSAGE_SIZE), "bytes; a larger message gets an error reply"
     )
     max_redeliveries: int = _option(
-        3, _non_negative_int, "deliveries that may die with a message before it is dead-lettered"
+        3,
+        Count(0, MAX_REDELIVERIES),
+        "deliveries that may die with a message before it is dead-lettered",
     )
     publisher_confirms: bool = _option(
         False, _boolean, "wait for the broker to confirm each publish", flag="store_true"
     )
     heartbeat_timeout_threshold: float = _option(
-        60.0, _seconds, "AMQP heartbeat timeout in seconds; 0 disables heartbeats"
+        60.0,
+        Seconds(1, MAX_AMQP_HEARTBEAT, zero=True),
+        "AMQP heartbeat timeout in seconds; 0 disables heartbeats",
     )
     report_interval: float = _option(
-        10.0, _seconds, "seconds between a service's heartbeats in the database; 0: none"
+        10.0,
+        Seconds(zero=True),
+        "seconds between a service's heartbeats in the database; 0: none",
     )
     service_down_time: float = _option(
-        60.0, _positive_float, "seconds without a heartbeat after which a service is down"
+        60.0, Seconds(), "seconds without a heartbeat after which a service is down"
     )
     periodic_enable: bool = _option(True, _boolean, "run the managers' periodic tasks")
     periodic_fuzzy_delay: float = _option(
-        60.0, _seconds, "the periodic tasks start after a random delay up to this many seconds"
+        60.0,
+        Seconds(zero=True),
+        "the periodic tasks start after a random delay up to this many seconds",
     )
     periodic_interval_max: float = _option(
-        60.0, _positive_float, "longest sleep between two runs of the periodic tasks"
+        60.0, Seconds(), "longest sleep between two runs of the periodic tasks"
     )
     periodic_workers: str = _option(
         "leader", _choice("leader", "all"), "workers of a host that run periodic tasks"
     )
     manager_shutdown_timeout: float = _option(
-        30.0, _seconds, "seconds a manager's graceful_shutdown may take on stop"
+        30.0, Seconds(zero=True), "seconds a manager's graceful_shutdown may take on stop"
     )
     state_dir: str = _option(
         default_state_dir, _text, "where the embedded database and queue files live"

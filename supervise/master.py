@@ -31,7 +31,7 @@ from typing import Any
 import setproctitle
 
 from supervise import cgroup, channel, exitcodes, hosted, leftovers, logs, worker
-from supervise.config import Config, ConfigError
+from supervise.config import MAX_WORKERS, Config, ConfigError
 from supervise.systemd import Notifier
 from supervise.wakeup import Wakeup
 
@@ -205,6 +205,8 @@ class Master:
                 self._fast_stop()
             elif signum == signal.SIGHUP:
                 self._reload()
+            elif signum == signal.SIGTTIN and len(self.slots) >= MAX_WORKERS:
+                LOG.warning("SIGTTIN ignored: %d workers is the most", MAX_WORKERS)
             elif signum == signal.SIGTTIN:
                 self._resize(len(self.slots) + 1)
             elif signum == signal.SIGTTOU:
@@ -438,7 +440,7 @@ class Master:
         jitter so a host's slots do not respawn in lock step."""
         if streak <= 1:
             return 0.0
-        base = self.conf.restart_backoff * 2 ** (streak - 2)
+        base = self.conf.restart_backoff * 2 ** min(streak - 2, 64)  # no float overflow
         return min(self.conf.restart_backoff_max, base * random.uniform(1.0, 1.25))
 
     # ----- timers -----------------------------------------------------------------------

@@ -9,8 +9,9 @@ from typing import Any
 
 from supervise import exitcodes
 from supervise.config import Config
-from supervise.db import Database, DatabaseError
+from supervise.db import BadDatabaseURL, Database, DatabaseError
 from supervise.servicegroup import ServiceGroup
+from supervise.terminal import printable
 
 COLUMNS = ("id", "binary", "host", "topic", "status", "state", "updated_at", "forced_down")
 
@@ -34,13 +35,16 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = [COLUMNS] + [tuple(str(row[c]) for c in COLUMNS) for row in rows]
+    # A cell is text from the database, which anyone who registers a service writes to.
+    table = [COLUMNS] + [tuple(printable(str(row[c])) for c in COLUMNS) for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 def _change(db: Database, namespace: argparse.Namespace) -> Any:
+    if db.schema_revision() is None:
+        return None  # no services table yet: no such service
     ref = db.service_get_by_host_and_binary(namespace.service_host, namespace.service_binary)
     if ref is None:
         return None
@@ -55,22 +59,31 @@ def _change(db: Database, namespace: argparse.Namespace) -> Any:
 
 
 def main(namespace: argparse.Namespace, conf: Config) -> int:
-    db = Database(conf.database)
+    try:
+        db = Database(conf.database)
+    except BadDatabaseURL as error:
+        print(f"supervise: error: {printable(str(error))}", file=sys.stderr)
+        return exitcodes.USAGE
     servicegroup = ServiceGroup(db, conf.report_interval, conf.service_down_time)
     try:
         if namespace.action == "list":
-            records = db.service_get_all(
-                host=namespace.service_host, binary=namespace.service_binary
+            records = (
+                db.service_get_all(host=namespace.service_host, binary=namespace.service_binary)
+                if db.schema_revision() is not None
+                else []  # no service has started on it yet
             )
         else:
             record = _change(db, namespace)
             if record is None:
                 host, binary = namespace.service_host, namespace.service_binary
-                print(f"supervise: no service {binary} on host {host}", file=sys.stderr)
+                print(
+                    f"supervise: no service {printable(binary)} on host {printable(host)}",
+                    file=sys.stderr,
+                )
                 return exitcodes.FAILED
             records = [] if namespace.action == "delete" else [record]
     except DatabaseError as error:
-        print(f"supervise: database error: {error}", file=sys.stderr)
+        print(f"supervise: database error: {printable(str(error))}", file=sys.stderr)
         return exitcodes.FAILED
     if namespace.action != "delete":
         _print([_row(r, servicegroup) for r in records], namespace.json)

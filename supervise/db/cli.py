@@ -9,6 +9,7 @@ from supervise import exitcodes
 from supervise.config import Config
 from supervise.db.api import Database
 from supervise.db.errors import BadDatabaseURL, DatabaseError
+from supervise.terminal import printable
 
 
 def main(conf: Config) -> int:
@@ -21,13 +22,13 @@ def main(conf: Config) -> int:
     try:
         database = Database(conf.database)
     except BadDatabaseURL as error:
-        print(f"supervise: error: {error}", file=sys.stderr)
+        print(f"supervise: error: {printable(str(error))}", file=sys.stderr)
         return exitcodes.USAGE
     try:
         before = database.schema_revision()
         after = database.sync()
     except DatabaseError as error:
-        print(f"supervise: error: {error}", file=sys.stderr)
+        print(f"supervise: error: {printable(str(error))}", file=sys.stderr)
         return exitcodes.FAILED
     finally:
         database.close()

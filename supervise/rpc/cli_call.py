@@ -13,6 +13,7 @@ from supervise.config import Config, ConfigError, parse
 from supervise.rpc import wire
 from supervise.rpc.client import BrokerUnreachable, MessagingTimeout, Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
+from supervise.terminal import printable
 
 
 def _arguments(namespace: argparse.Namespace) -> dict[str, Any]:
@@ -63,9 +64,10 @@ def main(namespace: argparse.Namespace, conf: Config) -> int:
             print(json.dumps(client.call({}, namespace.method, **arguments)))
         return exitcodes.OK
     except wire.RemoteError as error:
-        print(f"supervise: remote error: {error.exc_type}: {error.value}", file=sys.stderr)
+        what = printable(f"{error.exc_type}: {error.value}")  # text from the server
+        print(f"supervise: remote error: {what}", file=sys.stderr)
     except (MessagingTimeout, BrokerUnreachable) as error:
-        print(f"supervise: {error}", file=sys.stderr)
+        print(f"supervise: {printable(str(error))}", file=sys.stderr)
     finally:
         messenger.close()
     return exitcodes.FAILED

@@ -7,14 +7,21 @@ running: each run has a 30 s timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from supervise import config
+from supervise.db import Database
+from tests.functional.conftest import ROOT, each_transport, wait_until
 
 TIMEOUT = 30.0
 EXIT_USAGE = 2
@@ -29,14 +36,15 @@ def clean_env(**extra: str) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith("SUPERVISE_") and key not in SYSTEMD_VARIABLES
     }
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's supervise, whichever is installed
     env.update(extra)
     return env
 
 
 def supervise(
-    args: Sequence[str],
+    args: Sequence[str | bytes],
     cwd: Path,
-    env: dict[str, str] | None = None,
+    env: dict[str | bytes, str | bytes] | None = None,
     command: Sequence[str] = (sys.executable, "-m", "supervise"),
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -118,6 +126,30 @@ BAD_INPUT = [
     ("preload-missing-attribute", ["--preload", "os:NoSuchThing"], {}, ["NoSuchThing"]),
     ("preload-missing-module", ["--preload", "nosuchmodule:Thing"], {}, ["nosuchmodule"]),
     ("preload-not-callable", ["--preload", "os:sep"], {}, ["os:sep"]),
+    ("workers-over-the-cap", ["--workers", "257", "idle"], {}, ["workers", "1 to 256"]),
+    ("workers-10**12", ["--workers", str(10**12), "idle"], {}, ["workers"]),
+    (
+        "worker-ready-timeout-past-7-days",
+        ["--worker-ready-timeout", "9999999", "idle"],
+        {},
+        ["worker_ready_timeout", "604800"],
+    ),
+    (
+        "graceful-shutdown-timeout-past-7-days",
+        ["--graceful-shutdown-timeout", "9999999", "idle"],
+        {},
+        ["graceful_shutdown_timeout", "604800"],
+    ),
+    ("heartbeat-interval-1e300", ["--heartbeat-interval", "1e300", "idle"], {}, ["heartbeat"]),
+    (
+        "heartbeat-interval-1e300-in-environment",
+        ["idle"],
+        {"SUPERVISE_HEARTBEAT_INTERVAL": "1e300"},
+        ["SUPERVISE_HEARTBEAT_INTERVAL"],
+    ),
+    ("amqp-heartbeat-under-1s", ["--heartbeat-timeout-threshold", "0.5", "idle"], {}, ["0.5"]),
+    ("call-timeout-past-7-days", ["call", "--timeout", "1e9", "t", "m"], {}, ["--timeout"]),
+    ("host-with-escape-codes", ["--host", "h\x1b[2J", "idle"], {}, ["host", "\\x1b"]),
 ]
 
 
@@ -218,3 +250,197 @@ def test_console_script_version_matches_python_m(tmp_path: Path) -> None:
     by_script = supervise(["--version"], tmp_path, command=[console_script()])
     assert by_script.returncode == 0, by_script.stderr
     assert by_script.stdout == supervise(["--version"], tmp_path).stdout
+
+
+def test_out_of_range_value_in_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "supervise.conf"
+    path.write_text("[DEFAULT]\nheartbeat_interval = 1e300\n")
+    result = supervise(["--config-file", str(path), "idle"], tmp_path)
+    assert_usage_error(result, str(path), "heartbeat_interval", "604800")
+
+
+# ----- any bytes in the arguments ---------------------------------------------------------
+
+# Arguments that are not UTF-8 reach sys.argv as lone surrogates (PEP 383); each of these used
+# to fail with a traceback where the text was encoded (the database, a call's JSON, a URL).
+NOT_UTF8 = [
+    ("run-service", [b"id\xffle"]),
+    ("run-host", [b"--host", b"h\xff", b"idle"]),
+    ("run-state-dir", [b"--state-dir", b"/tmp/s\xff", b"idle"]),
+    ("call-topic", [b"call", b"t\xff", b"m"]),
+    ("call-key-value", [b"call", b"t", b"m", b"a=\xff"]),
+    ("call-key", [b"call", b"t", b"m", b"\xff=1"]),
+    ("call-json", [b"call", b"--json", b'{"a": "\xff"}', b"t", b"m"]),
+    ("call-server", [b"call", b"--server", b"\xfe", b"t", b"m"]),
+    ("service-enable-host", [b"service", b"enable", b"h\xff", b"nova-compute"]),
+    ("service-list-host", [b"service", b"list", b"--host=h\xff"]),
+    ("service-disable-reason", [b"service", b"disable", b"h", b"b", b"--reason", b"\xff"]),
+    ("db-sync-state-dir", [b"db", b"sync", b"--state-dir", b"/tmp/\xff"]),
+]
+
+
+@pytest.mark.parametrize("args", [c[1] for c in NOT_UTF8], ids=[c[0] for c in NOT_UTF8])
+def test_arguments_that_are_not_utf8(tmp_path: Path, args: list[bytes]) -> None:
+    state = ["--state-dir", str(tmp_path / "state")] if args[0] in (b"service", b"call") else []
+    result = supervise([*args, *state], tmp_path)
+    assert_usage_error(result, "not valid UTF-8", "\\udc")
+    assert not (tmp_path / "state").exists()  # refused before anything was opened
+
+
+def test_environment_that_is_not_utf8(tmp_path: Path) -> None:
+    env: dict[str | bytes, str | bytes] = {**clean_env(), b"SUPERVISE_HOST": b"h\xff"}
+    result = supervise(["idle"], tmp_path, env)
+    assert_usage_error(result, "SUPERVISE_HOST", "not valid UTF-8")
+
+
+# ----- subcommands: the same state directory and config files as run ----------------------
+
+
+@pytest.fixture
+def supervise_master(request: pytest.FixtureRequest):
+    """conftest's `supervise` fixture, which starts a master (here `supervise` runs a command)."""
+    return request.getfixturevalue("supervise")
+
+
+def test_call_takes_state_dir_config_file_and_options_in_any_order(
+    tmp_path: Path, supervise_master
+) -> None:
+    state = tmp_path / "state"
+    master = supervise_master("echo", "--workers", "1", "--state-dir", str(state))
+    master.wait_ready(1, timeout=30)
+    conf = tmp_path / "call.conf"
+    conf.write_text(f"[supervise]\nstate_dir = {state}\n")
+    orders = [
+        ["call", "--state-dir", str(state), "--timeout", "20", "echo", "echo", "payload=1"],
+        ["call", "echo", "echo", "--timeout", "20", "payload=2", "--state-dir", str(state)],
+        ["call", "--timeout", "20", "echo", "echo", "--state-dir", str(state), "payload=3"],
+        ["call", "echo", "echo", "payload=4", "--config-file", str(conf), "--timeout", "20"],
+        ["call", "echo", "--cast", "echo", "payload=5", "--state-dir", str(state)],
+    ]
+    for number, args in enumerate(orders, 1):
+        result = supervise(args, tmp_path)
+        assert (result.returncode, result.stderr) == (0, ""), args
+        assert result.stdout == ("" if "--cast" in args else f"{number}\n"), args
+
+
+def test_service_list_on_a_database_no_service_has_used(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    listing = supervise(["service", "list", "--state-dir", str(state)], tmp_path)
+    assert (listing.returncode, listing.stderr) == (0, "")
+    assert listing.stdout.split() == list(
+        ("id", "binary", "host", "topic", "status", "state", "updated_at", "forced_down")
+    )
+    # a database file with other tables but not the services table
+    with sqlite3.connect(state / "supervise.db") as db:
+        db.execute("CREATE TABLE other (x)")
+    as_json = supervise(["service", "list", "--json", "--state-dir", str(state)], tmp_path)
+    assert (as_json.returncode, as_json.stderr, json.loads(as_json.stdout)) == (0, "", [])
+    enable = supervise(
+        ["service", "enable", "h", "nova-compute", "--state-dir", str(state)], tmp_path
+    )
+    assert (enable.returncode, enable.stdout) == (1, "")
+    assert enable.stderr == "supervise: no service nova-compute on host h\n"
+
+
+def test_service_list_escapes_control_characters(tmp_path: Path) -> None:
+    """A host name is whatever a service registered: printed raw, its escape codes would
+    retitle or clear the operator's terminal. JSON keeps it exactly."""
+    state = tmp_path / "state"
+    host = "evil\x1b]0;owned\x07\x1b[2J\nnext line\u202e"
+    with Database(f"sqlite:///{state / 'supervise.db'}") as db:
+        db.ensure_schema()
+        db.service_create({"host": host, "binary": "nova-compute"})
+        db.service_create({"host": "plain", "binary": "nova-compute", "topic": "c\tc"})
+    listing = supervise(["service", "list", "--state-dir", str(state)], tmp_path)
+    assert (listing.returncode, listing.stderr) == (0, "")
+    lines = listing.stdout.splitlines()
+    assert len(lines) == 3, lines  # a header and one line per service
+    assert all(character.isprintable() for line in lines for character in line), lines
+    assert "evil\\x1b]0;owned\\x07\\x1b[2J\\nnext line\\u202e" in lines[1]
+    assert "c\\tc" in lines[2]
+    as_json = supervise(["service", "list", "--json", "--state-dir", str(state)], tmp_path)
+    rows = json.loads(as_json.stdout)
+    assert [row["host"] for row in rows] == [host, "plain"]
+
+
+# ----- every option at its maximum --------------------------------------------------------
+
+# The longest waits and biggest counts supervise accepts, on a real master: each used to be
+# able to crash it (epoll takes at most 24.8 days, threading.TIMEOUT_MAX, AMQP's 16 bits).
+MAXIMA = {
+    f.name: f.metadata["parse"].maximum
+    for f in config.settable_fields()
+    if "range" in f.metadata and f.name != "workers"  # see the TTIN test for that one
+}
+HOST = "maxima"
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = supervise(args, tmp_path)
+    assert (result.returncode, result.stderr) == (0, ""), args
+    return result
+
+
+@each_transport
+def test_a_master_runs_and_stops_with_every_option_at_its_maximum(
+    tmp_path: Path, supervise_master, transport_url: str
+) -> None:
+    state = tmp_path / "db"
+    args = [
+        arg for name, top in MAXIMA.items() for arg in (f"--{name.replace('_', '-')}", str(top))
+    ]
+    master = supervise_master(
+        "nova-conductor",
+        "--workers", "2",
+        "--transport-url", transport_url,
+        "--state-dir", str(state),
+        "--host", HOST,
+        *args,
+    )  # fmt: skip
+    master.wait_ready(2, timeout=30)
+    call = [
+        "call", "--transport-url", transport_url, "--server", HOST, "--api-version", "3.0",
+        "--timeout", f"{MAXIMA['rpc_response_timeout']:g}", "conductor", "echo",
+    ]  # fmt: skip
+    assert cli(tmp_path, *call, "payload=1").stdout == "1\n"
+    listing = cli(tmp_path, "service", "list", "--json", "--state-dir", str(state))
+    assert [(r["host"], r["state"]) for r in json.loads(listing.stdout)] == [(HOST, "up")]
+
+    master.signal(signal.SIGHUP)  # a rolling reload, reload_batch at its maximum
+    wait_until(lambda: "generation 2 serves" in master.log(), 30, "the reload")
+    workers = wait_until(lambda: len(pids := master.worker_pids()) == 2 and pids, 30, "2 workers")
+
+    # Two crashes in a row within healthy_uptime: the second respawn waits restart_backoff_max.
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_until(
+        lambda: len(pids := master.worker_pids() - {victim}) == 2 and pids, 30, "a respawn"
+    )
+    os.kill(min(replaced - workers), signal.SIGKILL)
+    wait_until(
+        lambda: f"respawning in {MAXIMA['restart_backoff_max']:.2f} s" in master.log(),
+        15,
+        "the long back-off",
+    )
+    assert cli(tmp_path, *call, "payload=2").stdout == "2\n"  # the other worker serves
+
+    master.signal(signal.SIGTERM)  # the drain deadline is graceful_shutdown_timeout's maximum
+    assert master.wait_exit(30) == 0, master.log()
+    assert "Traceback" not in master.log()
+
+
+def test_ttin_stops_at_the_worker_cap(supervise_master) -> None:
+    master = supervise_master("idle", "--workers", str(config.MAX_WORKERS))
+    master.wait_ready(config.MAX_WORKERS, timeout=120)
+    master.signal(signal.SIGTTIN)
+    warning = f"SIGTTIN ignored: {config.MAX_WORKERS} workers is the most"
+    wait_until(lambda: warning in master.log(), 15, "the warning")
+    master.signal(signal.SIGTTOU)  # the loop goes on: one fewer, then one more again
+    wait_until(lambda: len(master.worker_pids()) == config.MAX_WORKERS - 1, 15, "one fewer")
+    master.signal(signal.SIGTTIN)
+    wait_until(lambda: len(master.worker_pids()) == config.MAX_WORKERS, 15, "one more")
+    log = master.log()
+    assert log.count(warning) == 1
+    assert log.count("Started child") == config.MAX_WORKERS + 1
+    master.signal(signal.SIGTERM)
+    assert master.wait_exit(60) == 0

@@ -283,6 +283,20 @@ BAD_VALUES = [
     ("log_level", "LOUD"),
     ("host", ""),
     ("log_file", ""),
+    ("workers", "257"),
+    ("workers", "1000000000000"),
+    ("reload_batch", "257"),
+    ("worker_ready_timeout", "9999999"),
+    ("graceful_shutdown_timeout", "9999999"),
+    ("heartbeat_interval", "1e300"),
+    ("heartbeat_interval", "0.0001"),
+    ("heartbeat_timeout_threshold", "0.5"),
+    ("heartbeat_timeout_threshold", "65536"),
+    ("report_interval", "-0.5"),
+    ("executor_thread_pool_size", "1025"),
+    ("max_message_size", "268435457"),
+    ("host", "compute\x1b[2J"),
+    ("topic", "a\tb"),
 ]
 BAD_IDS = [f"{name}={text or 'empty'}" for name, text in BAD_VALUES]
 
@@ -406,3 +420,130 @@ def test_json_round_trip_of_every_option(tmp_path: Path) -> None:
     assert again.config_file == (first, second)
     assert isinstance(again.config_file, tuple)
     assert {f.name for f in dataclasses.fields(Config)} == set(data)
+
+
+# ----- ranges -----------------------------------------------------------------------------
+
+DAY = 86400
+# The documented range of every duration and count (README's options table): (minimum,
+# maximum, whether 0 is accepted too, meaning no limit or off).
+RANGES = {
+    "workers": (1, 256, False),
+    "reload_batch": (1, 256, False),
+    "max_restarts": (0, 1000, False),
+    "executor_thread_pool_size": (1, 1024, False),
+    "max_message_size": (1, 256 << 20, False),
+    "max_redeliveries": (0, 1000, False),
+    "graceful_shutdown_timeout": (0.001, 7 * DAY, True),
+    "worker_ready_timeout": (0.001, 7 * DAY, False),
+    "restart_window": (0.001, 7 * DAY, False),
+    "restart_backoff": (0.001, 7 * DAY, False),
+    "restart_backoff_max": (0.001, 7 * DAY, False),
+    "healthy_uptime": (0.001, 7 * DAY, False),
+    "heartbeat_interval": (0.001, 7 * DAY, False),
+    "rpc_response_timeout": (0.001, 7 * DAY, False),
+    "heartbeat_timeout_threshold": (1, 65535, True),
+    "report_interval": (0.001, 7 * DAY, True),
+    "service_down_time": (0.001, 7 * DAY, False),
+    "periodic_fuzzy_delay": (0.001, 7 * DAY, True),
+    "periodic_interval_max": (0.001, 7 * DAY, False),
+    "manager_shutdown_timeout": (0.001, 7 * DAY, True),
+}
+
+
+def test_every_duration_and_count_has_its_documented_range() -> None:
+    # config.py has `from __future__ import annotations`: a field's type is its source text
+    numeric = {f.name for f in config.settable_fields() if f.type in ("int", "float")}
+    assert numeric == set(RANGES)
+    for name, (minimum, maximum, zero) in RANGES.items():
+        parse = config._BY_NAME[name].metadata["parse"]
+        assert (parse.minimum, parse.maximum) == (minimum, maximum), name
+        assert getattr(parse, "zero", False) is zero, name
+
+
+def boundary_cases() -> list[tuple[str, str, bool]]:
+    """(option, text, accepted) at and just beyond each end of every range."""
+    cases = []
+    for name, (minimum, maximum, zero) in RANGES.items():
+        if isinstance(maximum, int) and isinstance(minimum, int) and not zero:
+            cases += [(name, str(minimum), True), (name, str(maximum), True)]
+            cases += [(name, str(minimum - 1), False), (name, str(maximum + 1), False)]
+            continue
+        cases += [(name, repr(float(minimum)), True), (name, repr(float(maximum)), True)]
+        cases += [(name, repr(minimum * 0.99), False), (name, repr(maximum * 1.000001), False)]
+        cases += [(name, "0", zero), (name, "-0.001", False), (name, "inf", False)]
+        cases += [(name, "nan", False), (name, "1e300", False)]
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "accepted"),
+    boundary_cases(),
+    ids=[f"{n}={t}" for n, t, _ in boundary_cases()],
+)
+def test_range_boundaries(name: str, text: str, accepted: bool) -> None:
+    if accepted:
+        assert config.parse(name, text, "--x") == float(text)
+        return
+    with pytest.raises(ConfigError) as error:
+        config.parse(name, text, "--x")
+    assert_one_line(error, name, "must be")
+
+
+def test_out_of_range_names_the_range() -> None:
+    with pytest.raises(ConfigError) as error:
+        config.load({}, [], {"SUPERVISE_WORKERS": str(10**12)})
+    assert_one_line(error, "SUPERVISE_WORKERS", "1 to 256", str(10**12))
+    with pytest.raises(ConfigError) as error:
+        config.load({}, [], {"SUPERVISE_GRACEFUL_SHUTDOWN_TIMEOUT": "9999999"})
+    assert_one_line(error, "0 or 0.001 to 604800", "9999999")
+
+
+@pytest.mark.parametrize("value", ["h\udcff", "caf\udce9"])
+def test_text_from_bytes_that_are_not_utf8_is_refused(value: str) -> None:
+    """os.environ holds a byte that is not UTF-8 as a lone surrogate (PEP 383)."""
+    with pytest.raises(ConfigError) as error:
+        config.load({}, [], {"SUPERVISE_HOST": value})
+    message = assert_one_line(error, "SUPERVISE_HOST", "UTF-8")
+    message.encode("utf-8")  # printable as it is: the surrogate is escaped
+
+
+# ----- the README ---------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_table(heading: str) -> list[list[str]]:
+    """The rows of the first table after `heading`, as lists of cells."""
+    text = README.read_text(encoding="utf-8")
+    after = text[text.index(heading) :]
+    rows = []
+    for line in after.splitlines()[1:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]  # without the header and its rule
+
+
+def test_readme_options_table_shows_each_range() -> None:
+    shown = {}
+    for row in readme_table("### Options"):
+        names = [part.strip(" `") for part in row[0].split("/")]
+        shown[names[-1]] = row[2]
+    for option in config.settable_fields():
+        assert option.name in shown, f"{option.name} missing from the README"
+        assert shown[option.name] == option.metadata.get("range", ""), option.name
+
+
+def test_readme_exit_codes_match_exitcodes() -> None:
+    from supervise import exitcodes
+
+    shown = {int(row[0]) for row in readme_table("## Exit codes")}
+    assert shown == {
+        exitcodes.OK,
+        exitcodes.FAILED,
+        exitcodes.USAGE,
+        exitcodes.CRASH_LOOP,
+        exitcodes.UNCLEAN_STOP,
+    }
