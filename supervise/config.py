@@ -164,9 +164,9 @@ class Config:
     """Every option of the master and its workers. Build it with `load`."""
 
     workers: int = _option(
-        available_cpus,
+        lambda: min(available_cpus(), MAX_WORKERS),
         Count(1, MAX_WORKERS),
-        "worker processes (default: CPUs this process may use)",
+        "worker processes (default: CPUs this process may use, at most the maximum)",
     )
     host: str = _option(socket.gethostname, _text, "host name the services register under")
     graceful_shutdown_timeout: float = _option(
