@@ -116,6 +116,15 @@ class ConnectionThread:
         self._timers.append((time.monotonic() + delay, task))
         self._wakeup.wake()
 
+    def flush(self, timeout: float) -> bool:
+        """Whether every task queued so far has run within `timeout` (reconnecting first if
+        the connection is lost); False at once if the thread has ended."""
+        done = threading.Event()
+        if not self._thread.is_alive():
+            return False
+        self.call_soon(lambda _conn: done.set())
+        return done.wait(timeout)
+
     def stop(self, timeout: float | None = None) -> None:
         self._stopping.set()
         with contextlib.suppress(OSError):  # closed: the thread has ended (a failure) already

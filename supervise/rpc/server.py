@@ -40,6 +40,7 @@ RECENT_REPLIES = 256
 # Scan a refused body this large at most for a reply address, to tell its caller why.
 MAX_SCANNED_SIZE = 256 << 20
 DELETE_TIMEOUT = 10.0
+FLUSH_TIMEOUT = 30.0  # as long as the longest back-off between two connection attempts
 
 
 class DeadLettered(Exception):
@@ -151,11 +152,17 @@ class RPCServer:
 
     def wait(self) -> None:
         """Let in-flight handlers finish, send their replies and acks, delete this server's
-        fanout queue, and close. Handlers end whatever the connection does; what it cannot
-        ack (it was lost, and is not back when they end) the broker gives to another
-        consumer."""
+        fanout queue, and close. Handlers end whatever the connection does; their replies
+        and acks wait FLUSH_TIMEOUT at most for a connection lost meanwhile to come back,
+        and what is not acked then the broker gives to another consumer."""
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0)
+        if not self._io.flush(FLUSH_TIMEOUT):
+            LOG.warning(
+                "replies and acks not sent within %g s (no broker connection): the broker "
+                "gives those messages to another consumer",
+                FLUSH_TIMEOUT,
+            )
         self._delete_fanout_queue()
         self._io.stop()
         self._pool.shutdown(wait=True)
@@ -350,15 +357,10 @@ class RPCServer:
             reply_queue, body = reply
             self._producer.publish(body, exchange="", routing_key=reply_queue, serializer="json")
 
-    def _finish(self, message: kombu.message.Message, channel: Any, envelope: wire.Envelope, reply):
-        """Queue the reply, then the ack, as tasks of their own: the I/O thread retries a
-        task that a lost connection interrupted, so each must be safe to run again."""
+    def _remember(self, envelope: wire.Envelope, reply) -> None:
         self._monitored.discard(envelope.msg_id)
         if envelope.unique_id is not None:
             self._recent.add(envelope.unique_id, reply)
-        if reply is not None:
-            self._io.call_soon(lambda _conn: self._answer(reply))
-        self._io.call_soon(lambda _conn: self._ack(message, channel))
 
     def _ack(self, message: kombu.message.Message, channel: Any) -> None:
         if channel is self._channel and not message.acknowledged:
@@ -373,8 +375,13 @@ class RPCServer:
             self._idle.notify_all()
 
     def _settle(self, message, channel: Any, envelope: wire.Envelope, reply) -> None:
-        """The one way a message taken into flight leaves it."""
-        self._io.call_soon(lambda _conn: self._finish(message, channel, envelope, reply))
+        """The one way a message taken into flight leaves it. The reply and the ack are I/O
+        tasks of their own: the I/O thread runs again on the next connection a task that a
+        lost connection interrupted, so each must be safe to run again."""
+        self._io.call_soon(lambda _conn: self._remember(envelope, reply))
+        if reply is not None:
+            self._io.call_soon(lambda _conn: self._answer(reply))
+        self._io.call_soon(lambda _conn: self._ack(message, channel))
         self._in_flight_change(-1)
 
     # ----- on a pool thread ---------------------------------------------------------------
