@@ -166,7 +166,7 @@ def reply_address(body: bytes | str) -> tuple[object, object] | None:
     without parsing the rest (so with bounded memory and no recursion, whatever its size or
     depth), for an error reply; None if the body does not hold both as strings."""
     try:
-        text = _bytes(body).decode()
+        text = _bytes(body).decode(errors="surrogateescape")  # bad UTF-8 elsewhere is fine
         members = _string_members(text)
         if MESSAGE_KEY in members:
             text = json.loads(text[slice(*members[MESSAGE_KEY])])
@@ -175,7 +175,7 @@ def reply_address(body: bytes | str) -> tuple[object, object] | None:
         if any(span is None or span[1] - span[0] > _MAX_ADDRESS_CHARS for span in spans):
             return None
         return json.loads(text[slice(*spans[0])]), json.loads(text[slice(*spans[1])])
-    except ValueError:  # not UTF-8, or a string that is not JSON
+    except ValueError:  # a string that is not JSON
         return None
 
 

@@ -601,11 +601,12 @@ ADDRESS = (CALL["_msg_id"], CALL["_reply_q"])
     "body",
     [
         body_of(CALL)[:-1],  # not valid JSON
+        body_of({**CALL, "method": "\ud800"}).replace(b"\\\\ud800", b"\xed\xa0\x80"),  # not UTF-8
         body_of(CALL).replace(b'"2.0"', b'"3.0"'),
         body_of({**CALL, "method": "DEEP"}).replace(b'\\"DEEP\\"', b"[" * 5000 + b"]" * 5000),
         json.dumps({**CALL, "args": {"a": "x" * 100_000, "b": [{"_msg_id": "no"}]}}).encode(),
     ],
-    ids=["truncated", "version", "too-deep", "large-no-envelope"],
+    ids=["truncated", "not-utf8", "version", "too-deep", "large-no-envelope"],
 )
 def test_the_reply_address_of_a_refused_body_is_read_without_parsing_it(body):
     assert wire.reply_address(body) == ADDRESS
@@ -613,7 +614,14 @@ def test_the_reply_address_of_a_refused_body_is_read_without_parsing_it(body):
 
 @pytest.mark.parametrize(
     "body",
-    [b"\xff{", b"[1]", b'{"_msg_id": "a"}', b'{"_msg_id": "a", "_reply_q": 5}', b"{" * 100],
+    [
+        b"\xff{",
+        b"[1]",
+        b"\xff" + body_of(CALL),
+        b'{"_msg_id": "a"}',
+        b'{"_msg_id": "a", "_reply_q": 5}',
+        b"{" * 100,
+    ],
 )
 def test_no_reply_address_when_a_body_holds_none(body):
     assert wire.reply_address(body) is None
