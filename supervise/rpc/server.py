@@ -210,6 +210,9 @@ class RPCServer:
         self._producer = kombu.Producer(self._channel, auto_declare=False)
         if self._stopping:
             return
+        # Declared here, not as a message is dead-lettered: a declare waits for the broker's
+        # answer, and a wait inside a delivery callback can take another wait's answer.
+        _dead_letter_queue(self._channel).declare()
         self._channel.basic_qos(0, self.options.pool_size, False)
         self._consumers = [
             receive.consumer(
@@ -263,7 +266,10 @@ class RPCServer:
             self._refuse(queue, message, method, InvalidMessage(envelope.problem), envelope)
             return
         if envelope.unique_id in self._recent:
-            LOG.info("message %s was handled already: answering it again", envelope.unique_id)
+            LOG.info(
+                "message %s was handled already: answering it again",
+                _loggable(envelope.unique_id),
+            )
             self._answer(self._recent.get(envelope.unique_id))
             message.ack()
             return
@@ -342,7 +348,6 @@ class RPCServer:
         self._copy(message, queue, count, expiration=_expiration_seconds(message))
 
     def _dead_letter(self, message: kombu.message.Message, count: int) -> None:
-        kombu.Queue(DEAD_LETTER_QUEUE, durable=True, auto_delete=False)(self._channel).declare()
         self._copy(message, DEAD_LETTER_QUEUE, count, delivery_mode=2)
         try:
             envelope = wire.envelope(receive.decode(message, self.options.max_message_size))
@@ -432,6 +437,10 @@ def _scan(message: kombu.message.Message) -> wire.Envelope | None:
     except wire.WireError:
         return None
     return envelope if envelope.is_call else None
+
+
+def _dead_letter_queue(channel: Any) -> kombu.Queue:
+    return kombu.Queue(DEAD_LETTER_QUEUE, durable=True, auto_delete=False)(channel)
 
 
 def _redeliveries(message: kombu.message.Message) -> int:
