@@ -1,3 +1,4 @@
-"""Fixtures shared by every test directory: a private PostgreSQL cluster (tests/pg.py)."""
+"""Fixtures shared by every test directory: a private PostgreSQL cluster (tests/pg.py) and a
+private RabbitMQ node (tests/rabbit_node.py)."""
 
-pytest_plugins = ["tests.pg"]
+pytest_plugins = ["tests.pg", "tests.rabbit_node"]

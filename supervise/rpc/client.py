@@ -19,15 +19,16 @@ from typing import Any
 import kombu
 import kombu.message
 
-from supervise.rpc import wire
+from supervise.rpc import receive, wire
 from supervise.rpc.dispatcher import Target
-from supervise.rpc.io import ConnectionFailed, ConnectionLost, ConnectionThread
+from supervise.rpc.io import ConnectionFailed, ConnectionLost, ConnectionThread, describe
 from supervise.rpc.server import fanout_exchange, topic_exchange
 from supervise.rpc.transport_url import mask
 
 LOG = logging.getLogger(__name__)
 
 REPLY_QUEUE_EXPIRES_MS = 1_800_000  # oslo's rabbit_transient_queues_ttl
+MAX_REPLY_SIZE = 1 << 30
 
 
 class MessagingTimeout(Exception):
@@ -77,18 +78,30 @@ class Messenger:
             auto_delete=False,
             queue_arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
         )
-        kombu.Consumer(channel, [queue], on_message=self._on_reply, no_ack=True).consume()
+        receive.consumer(
+            channel, queue, self._on_reply, self._on_undecodable, no_ack=True
+        ).consume()
+
+    def _on_undecodable(self, _message: object, error: Exception) -> None:
+        LOG.warning("dropped an unreadable reply: %s", describe(error))
 
     def _on_reply(self, message: kombu.message.Message) -> None:
+        """Whatever a reply holds, it is dropped or ends its call: it never reaches the
+        connection (reset, every other call's reply would be lost)."""
         try:
-            reply = wire.decode(message.body, message.content_type, 1 << 30)
+            self._take_reply(receive.decode(message, MAX_REPLY_SIZE))
         except wire.WireError as error:
             LOG.warning("dropped an unreadable reply: %s", error)
-            return
+        except Exception as error:  # a bug; contained all the same
+            LOG.error("dropped a reply: %s", describe(error))
+            LOG.debug("traceback", exc_info=True)
+
+    def _take_reply(self, reply: dict) -> None:
+        msg_id = reply.get("_msg_id")
         with self._lock:
-            pending = self._waiting.get(reply.get("_msg_id"))
+            pending = self._waiting.get(msg_id) if isinstance(msg_id, str) else None
         if pending is None:
-            LOG.debug("dropped a reply nobody waits for: %s", reply.get("_msg_id"))
+            LOG.debug("dropped a reply nobody waits for: %.80r", msg_id)
             return
         pending.heard_at = time.monotonic()
         if reply.get("result") is not None:
@@ -96,7 +109,7 @@ class Messenger:
         # As oslo: a reply without `ending` is a call-monitor heartbeat (or the first half of
         # an old two-part reply); the call ends with a failure or with `ending`.
         if reply.get("failure") or reply.get("ending"):
-            self.forget(reply["_msg_id"])
+            self.forget(msg_id)
             if not pending.future.done():
                 pending.future.set_result((pending.result, reply.get("failure")))
 

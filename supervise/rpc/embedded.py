@@ -228,12 +228,11 @@ class Channel(base.StdChannel):
         tag = next(self._delivery_tags)
         if not consumer.no_ack:  # a no-ack message was deleted as it was taken
             self._unacked[tag] = row.id
-        return Message(
+        message = Message(
             body=row.body,
             delivery_tag=tag,
             content_type=row.content_type,
             content_encoding=row.content_encoding,
-            headers=json.loads(row.headers),
             properties=json.loads(row.properties),
             delivery_info={
                 "exchange": row.exchange,
@@ -244,6 +243,10 @@ class Channel(base.StdChannel):
             },
             channel=self,
         )
+        # Set after: kombu would decompress the body as it builds the message, unbounded
+        # (see supervise.rpc.receive); the consumer decodes the raw body.
+        message.headers = json.loads(row.headers)
+        return message
 
     def basic_get(self, queue, no_ack=False, **kwargs):
         no_ack_queues = frozenset([queue] if no_ack else [])

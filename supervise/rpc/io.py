@@ -31,6 +31,9 @@ LOG = logging.getLogger(__name__)
 RETRY_START = 1.0
 RETRY_STEP = 2.0
 RETRY_MAX = 30.0
+# A connection lost sooner than this after it was made is retried after a back-off, too: a
+# fault that breaks every new connection must not be retried in a tight loop.
+HEALTHY_AFTER = 10.0
 CONNECT_TIMEOUT = 5.0
 
 Task = Callable[[kombu.Connection], Any]
@@ -43,6 +46,10 @@ class ConnectionLost(Exception):
 class ConnectionFailed(ConfigError):
     """The first connection failed in a way a retry cannot mend (credentials refused, a queue
     file that cannot be opened): the operator must fix something. One line."""
+
+
+class Cancelled(Exception):
+    """`stop` was called before the first connection was made."""
 
 
 class _Stopping(Exception):
@@ -65,8 +72,10 @@ class ConnectionThread:
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.failure: ConnectionFailed | None = None
-        self._settled = threading.Event()  # set while connected, and for good on a failure
-        self._ever_connected = False
+        # Set while connected, and for good once the thread has ended (a failure, a stop).
+        self._settled = threading.Event()
+        self.ever_connected = False
+        self._retry_delay = RETRY_START
         self._on_connect = on_connect
         self._tasks: deque[tuple[Task, Future | None]] = deque()
         self._timers: list[tuple[float, Task]] = []  # few at a time: a list is enough
@@ -80,10 +89,12 @@ class ConnectionThread:
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Whether it connected within `timeout`; raises ConnectionFailed at once if the
-        first connection failed for good."""
+        first connection failed for good, and Cancelled if `stop` came first."""
         self._settled.wait(timeout)
         if self.failure is not None:
             raise self.failure
+        if self._stopping.is_set() and not self.ever_connected:
+            raise Cancelled("stopped before the broker connection was made")
         return self.connected.is_set()
 
     def submit(self, task: Task) -> Future:
@@ -105,6 +116,15 @@ class ConnectionThread:
         self._timers.append((time.monotonic() + delay, task))
         self._wakeup.wake()
 
+    def flush(self, timeout: float) -> bool:
+        """Whether every task queued so far has run within `timeout` (reconnecting first if
+        the connection is lost); False at once if the thread has ended."""
+        done = threading.Event()
+        if not self._thread.is_alive():
+            return False
+        self.call_soon(lambda _conn: done.set())
+        return done.wait(timeout)
+
     def stop(self, timeout: float | None = None) -> None:
         self._stopping.set()
         with contextlib.suppress(OSError):  # closed: the thread has ended (a failure) already
@@ -115,41 +135,62 @@ class ConnectionThread:
     # ----- on the I/O thread --------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn = self._connect()
-            except Exception as error:  # not one kombu retries
-                if not self._ever_connected:
-                    self._give_up(error)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    conn = self._connect()
+                except _Stopping:
                     break
-                self._begin_outage(f"cannot connect: {_describe(error)}")
-                self._stopping.wait(RETRY_MAX)  # it worked before: it may again
-                continue
-            if conn is None:
-                break
-            try:
-                self._on_connect(conn)
-                self._end_outage()
-                self._ever_connected = True
-                self.connected.set()
-                self._settled.set()
-                self._pump(conn)
-            except (*conn.connection_errors, *conn.channel_errors, OSError) as error:
-                self._begin_outage(f"lost the connection: {_describe(error)}")
-            except Exception as error:
-                # A bug, not an outage; but dying here would leave the worker deaf for good.
-                LOG.exception("unexpected error on the I/O thread: reconnecting")
-                self._begin_outage(f"unexpected error: {_describe(error)}")
-                self._stopping.wait(RETRY_START)
-            finally:
-                self.connected.clear()
-                self._settled.clear()
-                with contextlib.suppress(Exception):
-                    conn.release()
-        self._fail_pending(ConnectionLost("the connection was closed"))
-        self._wakeup.close()
+                except Exception as error:  # not one kombu retries
+                    if not self.ever_connected:
+                        self._give_up(error)
+                        break
+                    self._begin_outage(f"cannot connect: {describe(error)}")
+                    self._stopping.wait(RETRY_MAX)  # it worked before: it may again
+                    continue
+                self._serve(conn)
+        finally:
+            self._fail_pending(ConnectionLost("the connection was closed"))
+            self._wakeup.close()
+            self._settled.set()
 
-    def _connect(self) -> kombu.Connection | None:
+    def _serve(self, conn: kombu.Connection) -> None:
+        """Use `conn` until it is lost or the thread stops; back off before the next one if
+        it did not last."""
+        connected_at = time.monotonic()
+        try:
+            self._on_connect(conn)
+            self._end_outage()
+            self.ever_connected = True
+            self.connected.set()
+            self._settled.set()
+            self._pump(conn)
+        except (*conn.connection_errors, *conn.channel_errors, OSError) as error:
+            self._begin_outage(f"lost the connection: {describe(error)}")
+        except Exception as error:
+            # A bug, not an outage; but dying here would leave the worker deaf for good.
+            LOG.exception("unexpected error on the I/O thread: reconnecting")
+            self._begin_outage(f"unexpected error: {describe(error)}")
+        finally:
+            self.connected.clear()
+            self._settled.clear()
+            with contextlib.suppress(Exception):
+                conn.release()
+        if time.monotonic() - connected_at >= HEALTHY_AFTER:
+            self._retry_delay = RETRY_START
+        elif not self._stopping.is_set():
+            with contextlib.suppress(_Stopping):
+                self._back_off()
+
+    def _back_off(self) -> None:
+        """Wait RETRY_START, then RETRY_STEP more each time up to RETRY_MAX; raise _Stopping
+        at once on `stop`."""
+        delay, self._retry_delay = self._retry_delay, min(self._retry_delay + RETRY_STEP, RETRY_MAX)
+        if self._stopping.wait(delay):
+            raise _Stopping
+
+    def _connect(self) -> kombu.Connection:
+        """A new connection, retried with back-off; raises _Stopping on `stop`."""
         conn = kombu.Connection(
             kombu_urls(self.transport_url),
             heartbeat=self.heartbeat,
@@ -158,35 +199,37 @@ class ConnectionThread:
             transport_options={"confirm_publish": self.publisher_confirms},
         )
         try:
+            # kombu sleeps between tries in one-second steps; the errback waits instead,
+            # so that `stop` ends the wait at once.
             conn.ensure_connection(
                 errback=self._on_connect_error,
                 max_retries=None,
-                interval_start=RETRY_START,
-                interval_step=RETRY_STEP,
-                interval_max=RETRY_MAX,
+                interval_start=0,
+                interval_step=0,
+                interval_max=0,
                 callback=self._raise_if_stopping,
             )
-        except _Stopping:
+        except BaseException:
             conn.release()
-            return None
+            raise
         return conn
 
     def _give_up(self, error: Exception) -> None:
         """Whoever waits for the connection reports it (a worker's start, a client's call)."""
         self.failure = ConnectionFailed(
-            f"cannot connect to {mask(self.transport_url)}: {_describe(error)}"
+            f"cannot connect to {mask(self.transport_url)}: {describe(error)}"
         )
         self.last_error = str(self.failure)
         self._fail_pending(self.failure)
-        self._settled.set()
 
     def _raise_if_stopping(self) -> None:
         if self._stopping.is_set():
             raise _Stopping
 
-    def _on_connect_error(self, error: Exception, interval: float) -> None:
+    def _on_connect_error(self, error: Exception, _interval: float) -> None:
         self._raise_if_stopping()
-        self._begin_outage(f"cannot connect: {_describe(error)}; retrying every {interval:g} s")
+        self._begin_outage(f"cannot connect: {describe(error)}; retrying with back-off")
+        self._back_off()
 
     def _begin_outage(self, what: str) -> None:
         self.last_error = what
@@ -273,6 +316,6 @@ class ConnectionThread:
                     future.set_result(result)
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

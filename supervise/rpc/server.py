@@ -27,9 +27,9 @@ import kombu
 import kombu.message
 
 from supervise.config import Config
-from supervise.rpc import wire
-from supervise.rpc.dispatcher import Dispatcher, DispatchError, Target
-from supervise.rpc.io import ConnectionThread
+from supervise.rpc import receive, wire
+from supervise.rpc.dispatcher import Dispatcher, DispatchError, InvalidMessage, Target
+from supervise.rpc.io import ConnectionThread, describe
 
 LOG = logging.getLogger(__name__)
 
@@ -37,16 +37,14 @@ REDELIVERIES_HEADER = "x-supervise-redeliveries"
 DEAD_LETTER_QUEUE = "supervise_dead_letter"
 FANOUT_QUEUE_EXPIRES_MS = 1_800_000  # oslo's rabbit_transient_queues_ttl
 RECENT_REPLIES = 256
-# Read this much at most, even past max_message_size, to tell a caller its call was too large.
-MAX_READABLE_SIZE = 256 << 20
+# Scan a refused body this large at most for a reply address, to tell its caller why.
+MAX_SCANNED_SIZE = 256 << 20
+DELETE_TIMEOUT = 10.0
+FLUSH_TIMEOUT = 30.0  # as long as the longest back-off between two connection attempts
 
 
 class DeadLettered(Exception):
     """Sent to the caller of a message that was moved to the dead-letter queue."""
-
-
-class MessageTooLarge(Exception):
-    """Sent to the caller of a message over ``max_message_size``."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +124,7 @@ class RPCServer:
         self._idle = threading.Condition()
         self._stopping = False
         self._channel: Any = None
+        self._connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self._producer: kombu.Producer | None = None
         self._consumers: list[kombu.Consumer] = []
 
@@ -133,26 +132,51 @@ class RPCServer:
 
     def start(self) -> None:
         """Connect and consume; return once the consumers are registered with the broker.
-        Raises ConnectionFailed if the first connection fails for good."""
+        Raises ConnectionFailed if the first connection fails for good, and Cancelled if
+        `stop` is called (from another thread) before the first connection is made: then
+        nothing is left running."""
         self._io.start()
         self._io.wait_connected()
 
     def stop(self) -> None:
-        """Stop consuming: the broker sends this server nothing more. Then call `wait`."""
+        """Stop consuming: the broker sends this server nothing more. Then call `wait`.
+        Before the first connection is made, this cancels `start` instead."""
         self._stopping = True
-        if self._io.connected.is_set():
+        if not self._io.ever_connected:
+            self._io.stop()
+        elif self._io.connected.is_set():
             try:
                 self._io.submit(self._cancel).result()
             except Exception as error:
                 LOG.warning("could not cancel the consumers: %s", error)
 
     def wait(self) -> None:
-        """Let in-flight handlers finish and ack them, then close. Anything delivered but not
-        acked when the connection closes goes back to its queue."""
+        """Let in-flight handlers finish, send their replies and acks, delete this server's
+        fanout queue, and close. Handlers end whatever the connection does; their replies
+        and acks wait FLUSH_TIMEOUT at most for a connection lost meanwhile to come back,
+        and what is not acked then the broker gives to another consumer."""
         with self._idle:
-            self._idle.wait_for(lambda: self._in_flight == 0 or not self._io.connected.is_set())
+            self._idle.wait_for(lambda: self._in_flight == 0)
+        if not self._io.flush(FLUSH_TIMEOUT):
+            LOG.warning(
+                "replies and acks not sent within %g s (no broker connection): the broker "
+                "gives those messages to another consumer",
+                FLUSH_TIMEOUT,
+            )
+        self._delete_fanout_queue()
         self._io.stop()
         self._pool.shutdown(wait=True)
+
+    def _delete_fanout_queue(self) -> None:
+        """As oslo does; a queue left behind (no connection now) expires on its own."""
+        if not self._io.connected.is_set():
+            return
+        try:
+            self._io.submit(
+                lambda _conn: self._channel.queue_delete(queue=self._fanout_queue)
+            ).result(DELETE_TIMEOUT)
+        except Exception as error:
+            LOG.warning("could not delete queue %s: %s", self._fanout_queue, error)
 
     # ----- on the I/O thread --------------------------------------------------------------
 
@@ -179,16 +203,23 @@ class RPCServer:
         ]
 
     def _consume(self, conn: kombu.Connection) -> None:
+        """On every connection, a channel for replies and acks; and consumers, unless
+        stopping: a drain that outlives a reconnect still sends its replies."""
+        self._connection_errors = (*conn.connection_errors, *conn.channel_errors, OSError)
+        self._channel = conn.channel()
+        self._producer = kombu.Producer(self._channel, auto_declare=False)
         if self._stopping:
             return
-        self._channel = conn.channel()
+        # Declared here, not as a message is dead-lettered: a declare waits for the broker's
+        # answer, and a wait inside a delivery callback can take another wait's answer.
+        _dead_letter_queue(self._channel).declare()
         self._channel.basic_qos(0, self.options.pool_size, False)
-        self._producer = kombu.Producer(self._channel, auto_declare=False)
         self._consumers = [
-            kombu.Consumer(
+            receive.consumer(
                 self._channel,
-                [queue],
-                on_message=functools.partial(self._on_message, queue.name),
+                queue,
+                functools.partial(self._on_message, queue.name),
+                functools.partial(self._on_undecodable, queue.name),
                 no_ack=False,
             )
             for queue in self._queues()
@@ -202,84 +233,98 @@ class RPCServer:
         self._consumers = []
 
     def _on_message(self, queue: str, message: kombu.message.Message) -> None:
+        """Whatever one message holds, it ends with that message: it is answered when it
+        can be, and acked, queued again or dead-lettered. Only an error of the connection
+        itself escapes (and the I/O thread reconnects)."""
         try:
-            inner = wire.decode(message.body, message.content_type, MAX_READABLE_SIZE)
-        except wire.WireError as error:
-            LOG.warning("dropped an unreadable message from queue %s: %s", queue, error)
-            message.ack()
-            return
-        if not _valid_reply_queue(inner.get("_reply_q")):
-            LOG.warning(
-                "dropped %s from queue %s: its reply queue %s is not a queue name",
-                _loggable(inner.get("method")),
-                queue,
-                _loggable(inner.get("_reply_q")),
-            )
-            message.ack()
-            return
-        if len(message.body) > self.options.max_message_size:
-            error = MessageTooLarge(
-                f"a message of {len(message.body)} bytes is over max_message_size "
-                f"({self.options.max_message_size})"
-            )
-            LOG.warning(
-                "rejected %s from queue %s: %s", _loggable(inner.get("method")), queue, error
-            )
-            self._answer(_reply_to(inner, None, wire.serialize_failure(error)))
-            message.ack()
-            return
-        if message.delivery_info.get("redelivered"):
-            self._requeue_counted(message, inner, queue)
-            return
-        unique_id = inner.get("_unique_id")
-        if isinstance(unique_id, str) and unique_id in self._recent:
-            LOG.info("message %s was handled already: answering it again", _loggable(unique_id))
-            self._answer(self._recent.get(unique_id))
-            message.ack()
-            return
-        self._in_flight += 1
-        self._monitor(inner)
-        self._pool.submit(self._handle, message, inner, self._channel)
+            if message.delivery_info.get("redelivered"):
+                self._requeue_counted(queue, message)  # undecoded: poison is counted too
+            else:
+                self._receive(queue, message)
+        except self._connection_errors:
+            raise
+        except Exception as error:  # a bug; contained all the same
+            LOG.error("dropped a message from queue %s: %s", queue, describe(error))
+            LOG.debug("traceback", exc_info=True)
+            if not message.acknowledged:
+                message.ack()
 
-    def _monitor(self, inner: dict) -> None:
+    def _on_undecodable(self, queue: str, message: Any, error: Exception) -> None:
+        """What kombu could not make a message of (`message` may be the transport's own)."""
+        LOG.warning("refused a message from queue %s: %s", queue, describe(error))
+        message.channel.basic_ack(message.delivery_tag)
+
+    def _receive(self, queue: str, message: kombu.message.Message) -> None:
+        try:
+            inner = receive.decode(message, self.options.max_message_size)
+            envelope = wire.envelope(inner)
+        except wire.WireError as error:
+            self._refuse(queue, message, "a message", error, _scan(message))
+            return
+        method = _loggable(inner.get("method"))
+        if envelope.problem:
+            self._refuse(queue, message, method, InvalidMessage(envelope.problem), envelope)
+            return
+        if envelope.unique_id in self._recent:
+            LOG.info(
+                "message %s was handled already: answering it again",
+                _loggable(envelope.unique_id),
+            )
+            self._answer(self._recent.get(envelope.unique_id))
+            message.ack()
+            return
+        self._in_flight_change(+1)
+        try:
+            self._monitor(envelope)
+            self._pool.submit(self._handle, message, inner, envelope, self._channel)
+        except BaseException:
+            self._settle(message, self._channel, envelope, None)
+            raise
+
+    def _refuse(
+        self,
+        queue: str,
+        message: kombu.message.Message,
+        what: str,
+        error: Exception,
+        envelope: wire.Envelope | None,
+    ) -> None:
+        LOG.warning("refused %s from queue %s: %s", what, queue, error)
+        if envelope is not None:
+            self._answer(_reply_to(envelope, None, wire.serialize_failure(error)))
+        message.ack()
+
+    def _monitor(self, envelope: wire.Envelope) -> None:
         """oslo's call monitor: a caller that sent ``_timeout`` N wants an ``ending: false``
         reply every N/2 seconds while its call runs, or it gives up after N seconds."""
-        msg_id, reply_queue, timeout = (
-            inner.get("_msg_id"),
-            inner.get("_reply_q"),
-            inner.get("_timeout"),
-        )
-        if not isinstance(msg_id, str) or not isinstance(reply_queue, str):
-            return
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 2:
+        msg_id, timeout = envelope.msg_id, envelope.timeout
+        if not envelope.is_call or timeout is None or timeout < 2:
             return
         interval = int(timeout) / 2
+        heartbeat = (envelope.reply_queue, wire.encode(wire.heartbeat(msg_id)))
         self._monitored.add(msg_id)
 
         def beat(_conn: kombu.Connection) -> None:
             if msg_id in self._monitored:
-                self._answer((reply_queue, wire.encode(wire.heartbeat(msg_id))))
+                self._answer(heartbeat)
                 self._io.call_later(interval, beat)
 
         self._io.call_later(interval, beat)
 
-    def _requeue_counted(self, message: kombu.message.Message, inner: dict, queue: str) -> None:
+    def _requeue_counted(self, queue: str, message: kombu.message.Message) -> None:
         count = _redeliveries(message) + 1
         if count > self.options.max_redeliveries:
             LOG.error(
-                "message %s (method %s) was held by %d consumers that died or lost their "
-                "connection: moving it to queue %s",
-                _loggable(inner.get("_unique_id")),
-                _loggable(inner.get("method")),
+                "a message was held by %d consumers that died or lost their connection: "
+                "moving it to queue %s",
                 count,
                 DEAD_LETTER_QUEUE,
             )
-            self._dead_letter(message, inner, count)
+            self._dead_letter(message, count)
         else:
             LOG.warning(
-                "message %s (method %s) redelivered (%d of %d): queued again",
-                _loggable(inner.get("_unique_id")),
-                _loggable(inner.get("method")),
+                "a message of queue %s was redelivered (%d of %d): queued again",
+                queue,
                 count,
                 self.options.max_redeliveries,
             )
@@ -287,7 +332,8 @@ class RPCServer:
         message.ack()
 
     def _copy(self, message: kombu.message.Message, queue: str, count: int, **properties):
-        """Publish `message` again, straight into `queue`, with its redelivery count."""
+        """Publish `message` again, as it came, straight into `queue`, with its redelivery
+        count."""
         self._producer.publish(
             message.body,
             exchange="",
@@ -301,46 +347,58 @@ class RPCServer:
     def _republish(self, message: kombu.message.Message, queue: str, count: int) -> None:
         self._copy(message, queue, count, expiration=_expiration_seconds(message))
 
-    def _dead_letter(self, message: kombu.message.Message, inner: dict, count: int) -> None:
-        kombu.Queue(DEAD_LETTER_QUEUE, durable=True, auto_delete=False)(self._channel).declare()
+    def _dead_letter(self, message: kombu.message.Message, count: int) -> None:
         self._copy(message, DEAD_LETTER_QUEUE, count, delivery_mode=2)
-        error = DeadLettered(f"the message was moved to {DEAD_LETTER_QUEUE} after {count} tries")
-        self._answer(_reply_to(inner, None, wire.serialize_failure(error)))
+        try:
+            envelope = wire.envelope(receive.decode(message, self.options.max_message_size))
+        except wire.WireError:
+            envelope = _scan(message)
+        if envelope is not None:
+            error = DeadLettered(f"moved to {DEAD_LETTER_QUEUE} after {count} deliveries")
+            self._answer(_reply_to(envelope, None, wire.serialize_failure(error)))
 
     def _answer(self, reply: tuple[str, dict] | None) -> None:
         if reply is not None:
             reply_queue, body = reply
             self._producer.publish(body, exchange="", routing_key=reply_queue, serializer="json")
 
-    def _finish(self, message: kombu.message.Message, channel: Any, inner: dict, reply):
-        """Queue the reply, then the ack, as tasks of their own: the I/O thread retries a
-        task that a lost connection interrupted, so each must be safe to run again."""
-        self._monitored.discard(inner.get("_msg_id"))
-        unique_id = inner.get("_unique_id")
-        if isinstance(unique_id, str):
-            self._recent.add(unique_id, reply)
-        if reply is not None:
-            self._io.call_soon(lambda _conn: self._answer(reply))
-        self._io.call_soon(lambda _conn: self._ack(message, channel))
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
+    def _remember(self, envelope: wire.Envelope, reply) -> None:
+        self._monitored.discard(envelope.msg_id)
+        if envelope.unique_id is not None:
+            self._recent.add(envelope.unique_id, reply)
 
     def _ack(self, message: kombu.message.Message, channel: Any) -> None:
         if channel is self._channel and not message.acknowledged:
             message.ack()
         # else: its channel died with a connection; the broker redelivers the message.
 
+    # ----- on any thread ------------------------------------------------------------------
+
+    def _in_flight_change(self, change: int) -> None:
+        with self._idle:
+            self._in_flight += change
+            self._idle.notify_all()
+
+    def _settle(self, message, channel: Any, envelope: wire.Envelope, reply) -> None:
+        """The one way a message taken into flight leaves it. The reply and the ack are I/O
+        tasks of their own: the I/O thread runs again on the next connection a task that a
+        lost connection interrupted, so each must be safe to run again."""
+        self._io.call_soon(lambda _conn: self._remember(envelope, reply))
+        if reply is not None:
+            self._io.call_soon(lambda _conn: self._answer(reply))
+        self._io.call_soon(lambda _conn: self._ack(message, channel))
+        self._in_flight_change(-1)
+
     # ----- on a pool thread ---------------------------------------------------------------
 
-    def _handle(self, message: kombu.message.Message, inner: dict, channel: Any) -> None:
+    def _handle(self, message, inner: dict, envelope: wire.Envelope, channel: Any) -> None:
         reply = None
         try:
-            reply = self._run(inner)
-        finally:  # whatever happened, the I/O thread acks and counts the message done
-            self._io.call_soon(lambda _conn: self._finish(message, channel, inner, reply))
+            reply = self._run(inner, envelope)
+        finally:
+            self._settle(message, channel, envelope, reply)
 
-    def _run(self, inner: dict) -> tuple[str, dict] | None:
+    def _run(self, inner: dict, envelope: wire.Envelope) -> tuple[str, dict] | None:
         method = _loggable(inner.get("method"))
         result, failure = None, None
         try:
@@ -353,19 +411,36 @@ class RPCServer:
             LOG.debug("traceback of %s", method, exc_info=True)
             failure = wire.serialize_failure(error)
         try:
-            return _reply_to(inner, result, failure)
+            return _reply_to(envelope, result, failure)
         except Exception as error:
             LOG.warning("the result of %s cannot be sent as JSON: %s", method, error)
-            return _reply_to(inner, None, wire.serialize_failure(error))
+            return _reply_to(envelope, None, wire.serialize_failure(error))
 
 
-def _reply_to(inner: dict, result: Any, failure: str | None) -> tuple[str, dict] | None:
+def _reply_to(envelope: wire.Envelope, result: Any, failure: str | None):
     """(reply queue, encoded reply) for a call, None for a cast. Encoding happens here, on
     the handler's thread, so a result that is not JSON becomes an error reply."""
-    msg_id, reply_queue = inner.get("_msg_id"), inner.get("_reply_q")
-    if not isinstance(msg_id, str) or not isinstance(reply_queue, str):
+    if not envelope.is_call:
         return None
-    return reply_queue, wire.encode(wire.reply(msg_id, result, failure))
+    return envelope.reply_queue, wire.encode(wire.reply(envelope.msg_id, result, failure))
+
+
+def _scan(message: kombu.message.Message) -> wire.Envelope | None:
+    """The reply address of a message that cannot be decoded, if it can still be read."""
+    if len(message.body) > MAX_SCANNED_SIZE:
+        return None
+    address = wire.reply_address(message.body)
+    if address is None:
+        return None
+    try:
+        envelope = wire.envelope({"_msg_id": address[0], "_reply_q": address[1]})
+    except wire.WireError:
+        return None
+    return envelope if envelope.is_call else None
+
+
+def _dead_letter_queue(channel: Any) -> kombu.Queue:
+    return kombu.Queue(DEAD_LETTER_QUEUE, durable=True, auto_delete=False)(channel)
 
 
 def _redeliveries(message: kombu.message.Message) -> int:
@@ -379,11 +454,6 @@ def _expiration_seconds(message: kombu.message.Message) -> float | None:
         return int(message.properties["expiration"]) / 1000
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _valid_reply_queue(name: Any) -> bool:
-    """AMQP queue names are at most 255 bytes; a call's reply queue must fit (or be absent)."""
-    return name is None or (isinstance(name, str) and 0 < len(name.encode()) <= 255)
 
 
 def _loggable(value: Any, limit: int = 120) -> str:

@@ -205,15 +205,20 @@ def rabbit_url() -> Iterator[str]:
 TRANSPORTS = ("rabbit", "embedded")
 # Runs a test once on RabbitMQ and once on the embedded transport (``local://``).
 each_transport = pytest.mark.parametrize("transport_url", TRANSPORTS, indirect=True)
+# Runs a test on a RabbitMQ node of the session's own, which it may stop (tests/rabbit_node.py).
+private_rabbit = pytest.mark.parametrize("transport_url", ["private-rabbit"], indirect=True)
 
 
 @pytest.fixture
 def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The RPC tests' broker: RabbitMQ (the session's vhost) unless a test is marked
     `each_transport`, which runs it also on the embedded transport, in a state directory
-    of the test's own."""
-    if getattr(request, "param", "rabbit") == "rabbit":
+    of the test's own, or `private_rabbit`."""
+    kind = getattr(request, "param", "rabbit")
+    if kind == "rabbit":
         return request.getfixturevalue("rabbit_url")
+    if kind == "private-rabbit":
+        return request.getfixturevalue("rabbit_node").url()
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     return local_transport_url(str(state_dir))

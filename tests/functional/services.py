@@ -147,6 +147,9 @@ class TestEndpoint(EchoEndpoint):
     def die(self, context: dict) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def exit(self, context: dict, status: int) -> None:
+        os._exit(status)
+
     def context(self, context: dict) -> dict:
         return context
 

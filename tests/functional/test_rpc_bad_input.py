@@ -14,6 +14,7 @@ import pickle
 import re
 import signal
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,21 @@ class Case:
     content_type: str = JSON
     kinds: tuple[str, ...] = ("call", "cast")
     args: tuple[str, ...] = ()
+    headers: dict | None = None
 
 
 def _echo(fields: dict, **extra: Any) -> dict:
     return {"method": "echo", "args": {"payload": 1}, **fields, **extra}
+
+
+def _raw_inner(inner: dict) -> bytes:
+    return outer({**ENVELOPE, "oslo.message": json.dumps(inner, ensure_ascii=False)})
+
+
+def _nested(fields: dict) -> bytes:
+    inner = json.dumps(_echo(fields, args={"payload": "here"}))
+    inner = inner.replace('"here"', "[" * DEPTH + "]" * DEPTH)
+    return outer({**ENVELOPE, "oslo.message": inner})
 
 
 def _yaml(fields: dict, workdir: Path) -> bytes:
@@ -79,12 +91,17 @@ def _yaml(fields: dict, workdir: Path) -> bytes:
     ).encode()
 
 
-UNREADABLE = "dropped an unreadable message from queue {topic}: "
+UNREADABLE = "refused a message from queue {topic}: "
+REFUSED = r"refused {method} from queue {{topic}}: "
+DEPTH = 5000  # deeper than json (and Python's recursion limit) can take
 REJECTED = r"rejected a call to {method}: "
 CASES = {
     # ----- unreadable: logged and dropped, nobody to answer ---------------------------------
-    "malformed-json": Case(
-        lambda f, _: envelope(_echo(f))[:-1], UNREADABLE + "body is not valid JSON", kinds=("call",)
+    "malformed-json": Case(  # its reply address can still be read: its caller is told
+        lambda f, _: envelope(_echo(f))[:-1],
+        UNREADABLE + "body is not valid JSON",
+        ("WireError", "^body is not valid JSON: "),
+        kinds=("call",),
     ),
     "not-utf8": Case(
         lambda f, _: b"\xff\xfe" + envelope(_echo(f)),
@@ -104,6 +121,7 @@ CASES = {
     "oslo.version-3.0": Case(
         lambda f, _: envelope(_echo(f), version="3.0"),
         UNREADABLE + r"unsupported oslo.version '3.0' \(only '2.0'\)",
+        ("WireError", r"^unsupported oslo.version '3.0' \(only '2.0'\)$"),
         kinds=("call",),
     ),
     "oslo.message-object": Case(
@@ -119,6 +137,31 @@ CASES = {
     "oslo.message-not-json": Case(
         lambda f, _: outer({**ENVELOPE, "oslo.message": json.dumps(_echo(f))[:-1]}),
         UNREADABLE + "oslo.message is not valid JSON",
+        ("WireError", "^oslo.message is not valid JSON: "),
+        kinds=("call",),
+    ),
+    "nested-too-deeply": Case(
+        lambda f, _: _nested(f),
+        UNREADABLE + "oslo.message is JSON nested too deeply",
+        ("WireError", "^oslo.message is JSON nested too deeply$"),
+    ),
+    "compression-unknown": Case(
+        lambda f, _: envelope(_echo(f)),
+        UNREADABLE + "unsupported compression 'application/x-nope'",
+        ("WireError", "^unsupported compression 'application/x-nope'$"),
+        headers={"compression": "application/x-nope"},
+    ),
+    "compression-not-what-it-says": Case(
+        lambda f, _: envelope(_echo(f)),
+        UNREADABLE + r"cannot decompress the body \(application/x-gzip\)",
+        ("WireError", r"^cannot decompress the body \(application/x-gzip\): "),
+        headers={"compression": "application/x-gzip"},
+    ),
+    "compression-bomb": Case(  # 16 KB that would inflate to 16 MB
+        lambda f, _: zlib.compress(envelope(_echo(f, args={"payload": "x" * (16 << 20)}))),
+        UNREADABLE + r"a message of 100001 bytes is over max_message_size \(100000\)",
+        headers={"compression": "application/x-gzip"},
+        args=("--max-message-size", "100000"),
         kinds=("call",),
     ),
     "oslo.message-json-list": Case(
@@ -138,7 +181,51 @@ CASES = {
         content_type="application/x-yaml",
         kinds=("call",),
     ),
+    # ----- a malformed envelope: refused; a caller with a usable reply address is told ------
+    "msg-id-a-list": Case(
+        lambda f, _: envelope(_echo(f, _msg_id=[f["_msg_id"]])),
+        REFUSED.format(method="a message") + "_msg_id must be a string",
+        kinds=("call",),
+    ),
+    "reply-queue-a-number": Case(
+        lambda f, _: envelope(_echo(f, _reply_q=42)),
+        REFUSED.format(method="a message") + "_reply_q must be a string",
+        kinds=("call",),
+    ),
+    "reply-queue-lone-surrogate": Case(
+        lambda f, _: envelope(_echo(f, _reply_q="\ud800")),
+        REFUSED.format(method="a message") + r"_reply_q must be a string .*'\\ud800'",
+        kinds=("call",),
+    ),
+    "unique-id-an-object": Case(
+        lambda f, _: envelope(_echo(f, _unique_id={"a": 1})),
+        REFUSED.format(method="'echo'") + "_unique_id must be a string",
+        ("InvalidMessage", r"^_unique_id must be a string of 1 to 255 bytes of UTF-8, got \{"),
+    ),
+    "timeout-infinity": Case(
+        lambda f, _: envelope(_echo(f, _timeout=float("inf"))),
+        REFUSED.format(method="'echo'") + "_timeout must be a finite number or null, got inf",
+        ("InvalidMessage", "^_timeout must be a finite number or null, got inf$"),
+        kinds=("call",),
+    ),
+    "timeout-nan": Case(
+        lambda f, _: envelope(_echo(f, _timeout=float("nan"))),
+        REFUSED.format(method="'echo'") + "_timeout must be a finite number or null, got nan",
+        ("InvalidMessage", "^_timeout must be a finite number or null, got nan$"),
+        kinds=("call",),
+    ),
+    "timeout-a-string": Case(
+        lambda f, _: envelope(_echo(f, _timeout="10")),
+        REFUSED.format(method="'echo'") + "_timeout must be a finite number or null",
+        ("InvalidMessage", "^_timeout must be a finite number or null, got '10'$"),
+        kinds=("call",),
+    ),
     # ----- readable: a call gets an error reply, a cast is logged -----------------------------
+    "lone-surrogate-in-text": Case(  # one escape in the body: oslo.message holds it raw
+        lambda f, _: _raw_inner(_echo(f, method="fail", args={"message": "\ud800"})),
+        "'fail' raised ValueError: \\\\ud800$",
+        ("ValueError", "^\ud800$"),
+    ),
     "no-method": Case(
         lambda f, _: envelope({"args": {}, **f}),
         REJECTED.format(method="None") + "'method' must be a non-empty string, got None",
@@ -200,7 +287,7 @@ CASES = {
     ),
     "over-max-message-size": Case(
         lambda f, _: envelope(_echo(f, args={"payload": "x" * 2000})),
-        r"rejected 'echo' from queue {topic}: a message of \d+ bytes is over max_message_size",
+        UNREADABLE + r"a message of \d+ bytes is over max_message_size",
         ("MessageTooLarge", r"^a message of \d+ bytes is over max_message_size \(1000\)$"),
         args=("--max-message-size", "1000"),
     ),
@@ -265,9 +352,20 @@ class Broker:
             fields.update(_msg_id=uuid.uuid4().hex, _reply_q=self.reply_queue.name, _timeout=None)
         return fields
 
-    def publish(self, body: bytes, exchange: str, content_type: str = JSON) -> None:
+    def publish(
+        self,
+        body: bytes,
+        exchange: str,
+        content_type: str = JSON,
+        headers: dict | None = None,
+        routing_key: str | None = None,
+    ) -> None:
         self.producer.publish(
-            body, exchange=exchange, routing_key=self.topic, content_type=content_type
+            body,
+            exchange=exchange,
+            routing_key=self.topic if routing_key is None else routing_key,
+            content_type=content_type,
+            headers=headers,
         )
 
     def call(self, exchange: str, method: str, **args: Any) -> str:
@@ -336,7 +434,7 @@ def test_bad_message(name, kind, serve, client, broker, topic):
     before = {broker.call(exchange, "sleep", ms=300): 300 for _ in range(3)}
     before.update({broker.call(exchange, "echo", payload=i): i for i in range(5)})
     fields = broker.fields(call)
-    broker.publish(case.body(fields, workdir), exchange, case.content_type)
+    broker.publish(case.body(fields, workdir), exchange, case.content_type, case.headers)
     after = {broker.call(exchange, "echo", payload=f"after-{i}"): f"after-{i}" for i in range(5)}
 
     expected = {**before, **after}
@@ -394,3 +492,36 @@ def test_the_payloads_would_create_the_file(tmp_path):
     yaml = pytest.importorskip("yaml")
     yaml.unsafe_load(CASES["yaml"].body({"_unique_id": "u"}, tmp_path))["args"]["payload"].close()
     assert (tmp_path / CREATED).exists()
+
+
+def _reply(msg_id: Any) -> dict:
+    return {"result": 1, "failure": None, "ending": True, "_msg_id": msg_id}
+
+
+BAD_REPLIES = {
+    "msg-id-a-list": (envelope(_reply(["id"])), None),
+    "msg-id-an-object": (envelope(_reply({"id": 1})), None),
+    "lone-surrogate": (_raw_inner(_reply("\ud800")), None),
+    "not-json": (b"{", None),
+    "a-json-list": (b"[1]", None),
+    "nested-too-deeply": (b"[" * DEPTH + b"]" * DEPTH, None),
+    "unknown-compression": (envelope(_reply("id")), {"compression": "application/x-nope"}),
+    "not-what-the-compression-says": (envelope(_reply("id")), {"compression": "zlib"}),
+    "failure-an-object": (envelope({**_reply("id"), "failure": {"class": 1}}), None),
+}
+
+
+@each_transport
+def test_bad_replies_leave_the_client_connected(serve, client, messenger, broker, caplog):
+    """Replies the client cannot use are dropped, one by one: its connection (and with it
+    every call waiting on it) is never reset."""
+    serve(1)
+    assert client.call({}, "echo", payload="before") == "before"
+    caplog.set_level("DEBUG", logger="supervise.rpc")
+    for body, headers in BAD_REPLIES.values():
+        broker.publish(body, "", headers=headers, routing_key=messenger.reply_queue)
+    wait_until(lambda: broker.waiting(messenger.reply_queue) == 0, what="every reply taken")
+    assert client.call({}, "echo", payload="after") == "after"
+    lost = [r for r in caplog.records if r.name == "supervise.rpc.io"]
+    assert not lost, [r.getMessage() for r in lost]
+    assert "Traceback" not in caplog.text

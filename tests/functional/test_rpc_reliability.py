@@ -1,13 +1,20 @@
 """Nothing lost on reload, drain, crash or broker restart, under a steady call load (on both
-transports but for the broker restart)."""
+transports but for the broker restart, which stops a private RabbitMQ node)."""
 
 from __future__ import annotations
 
 import signal
+import socket
+import threading
 import time
 
+import pytest
+
 from supervise.rpc.client import RPCClient
-from tests.functional.conftest import each_transport, rabbitmqctl, wait_until
+from supervise.rpc.dispatcher import Target
+from supervise.rpc.io import Cancelled, ConnectionThread
+from supervise.rpc.server import RPCServer
+from tests.functional.conftest import each_transport, private_rabbit, rabbitmqctl, wait_until
 from tests.functional.load import Load
 
 
@@ -51,16 +58,17 @@ def test_draining_one_host_under_load_fails_no_call(serve, client):
     assert staying.process.poll() is None
 
 
-def test_broker_restart_under_load_workers_reconnect_without_crash_loop(serve, client):
+@private_rabbit
+def test_broker_restart_under_load_workers_reconnect_without_crash_loop(serve, client, rabbit_node):
     sup = serve(2)
     pids = sup.worker_pids()
     with Load(client, callers=4).running() as load:
         load.wait_for_calls(20)
-        rabbitmqctl("stop_app")
+        rabbit_node.stop_app()
         try:
             time.sleep(1.0)  # an outage of a second, under load
         finally:
-            rabbitmqctl("start_app")
+            rabbit_node.start_app()
         restarted = time.monotonic()
         served_before = load.succeeded
         wait_until(lambda: load.succeeded > served_before + 20, timeout=30, what="service again")
@@ -68,4 +76,82 @@ def test_broker_restart_under_load_workers_reconnect_without_crash_loop(serve, c
     assert back_after < 10, back_after
     assert sup.worker_pids() == pids, "workers were replaced: a crash loop"
     assert sup.log().count("connected again after") >= 2
+    assert "Traceback" not in sup.log()
+
+
+@pytest.mark.parametrize("stop", ["server", "connection-thread"])
+def test_stop_cancels_a_start_that_waits_for_the_broker(stop):
+    """The worker's lifecycle thread relies on this: stop() from another thread makes a
+    start still retrying its first connection raise Cancelled at once."""
+    with socket.socket() as sock:  # a port nobody listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"rabbit://guest:guest@127.0.0.1:{sock.getsockname()[1]}/"
+    if stop == "server":
+        stoppable = RPCServer(url, Target(topic="t", server="h"), [])
+        io, start = stoppable._io, stoppable.start
+    else:
+        stoppable = io = ConnectionThread(url, name="test-io", heartbeat=0, on_connect=print)
+        start = lambda: (io.start(), io.wait_connected())  # noqa: E731
+    raised: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _catch(start, raised))
+    thread.start()
+    wait_until(lambda: io.last_error, what="a failed connection attempt")
+    began = time.monotonic()
+    stoppable.stop()
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - began < 1.0
+    assert [type(error) for error in raised] == [Cancelled]
+    assert not io._thread.is_alive()
+
+
+def _catch(function, errors: list[BaseException]) -> None:
+    try:
+        function()
+    except BaseException as error:
+        errors.append(error)
+
+
+def test_a_graceful_stop_deletes_the_workers_fanout_queues(serve, rabbit_url, topic):
+    vhost = rabbit_url.rsplit("/", 1)[1]
+
+    def fanout_queues() -> list[str]:
+        names = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name").split()
+        return [name for name in names if name.startswith(f"{topic}_fanout_")]
+
+    sup = serve(2)
+    assert len(fanout_queues()) == 2
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert fanout_queues() == []
+
+
+@private_rabbit
+def test_a_reconnect_during_a_drain_sends_the_replies(serve, client, rabbit_node, topic):
+    """RabbitMQ closes the draining worker's connection while its calls run: it connects
+    again, and the replies go out on the new connection, with a few log lines."""
+    sup = serve(1, "--graceful-shutdown-timeout", "30")
+    results: list[object] = []
+    callers = [
+        threading.Thread(
+            target=lambda: _catch(
+                lambda: results.append(client.call({}, "sleep", ms=6000)), results
+            )
+        )
+        for _ in range(4)
+    ]
+    for caller in callers:
+        caller.start()
+    wait_until(
+        lambda: rabbit_node.queue_info(topic, "messages_unacknowledged") == 4,
+        what="4 calls in flight",
+    )
+    sup.signal(signal.SIGTERM)
+    wait_until(lambda: rabbit_node.queue_info(topic, "consumers") == 0, what="the drain")
+    rabbit_node.close_connections()
+    assert sup.wait_exit(timeout=30) == 0
+    for caller in callers:
+        caller.join(30)
+    assert results == [6000] * 4
+    broker_lines = [line for line in sup.log().splitlines() if "broker" in line]
+    assert 0 < len(broker_lines) <= 6, "\n".join(broker_lines)
     assert "Traceback" not in sup.log()

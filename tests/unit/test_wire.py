@@ -6,10 +6,12 @@ The interop tests at the end run against the real oslo.messaging when it is inst
 
 from __future__ import annotations
 
+import bz2
 import json
 import pickle
 import sys
 import types
+import zlib
 from pathlib import Path
 
 import pytest
@@ -550,3 +552,118 @@ def test_encode_turns_times_sets_and_uuids_into_json_as_oslo_does():
     assert inner == {"t": "2024-01-02T03:04:05.000006", "s": [1], "u": str(ident)}
     with pytest.raises(TypeError):
         wire.encode({"o": object()})
+
+
+# Refused before parsing, decompressed within the limit, reply addresses of the refused
+
+
+def test_the_size_limit_is_checked_before_the_body_is_parsed():
+    """Not even valid JSON: a parse would say so; the size check comes first."""
+    with pytest.raises(wire.MessageTooLarge, match=r"^a message of 1001 bytes is over"):
+        wire.decode(b"[" * 1001, "application/json", 1000)
+
+
+@pytest.mark.parametrize("codec", [("application/x-gzip", zlib), ("application/x-bz2", bz2)])
+def test_a_compressed_body_is_decompressed_as_kombu_compresses_it(codec):
+    name, module = codec
+    assert wire.decode(module.compress(body_of(CALL)), None, MAX, name) == CALL
+
+
+def test_decompression_stops_at_the_limit():
+    bomb = zlib.compress(b" " * (64 << 20))  # 64 KB that inflate to 64 MB
+    with pytest.raises(wire.MessageTooLarge, match=r"of 1048577 bytes"):
+        wire.decode(bomb, None, MAX, "zlib")
+
+
+@pytest.mark.parametrize(
+    ("compression", "error"),
+    [
+        ("application/x-nope", "unsupported compression 'application/x-nope'"),
+        (["zlib"], "unsupported compression"),
+        ("zlib", r"cannot decompress the body \(zlib\)"),
+        ("application/x-bz2", r"cannot decompress the body \(application/x-bz2\)"),
+    ],
+)
+def test_a_bad_compression_header_is_a_wire_error(compression, error):
+    with pytest.raises(WireError, match=error):
+        wire.decode(body_of(CALL), None, MAX, compression)
+
+
+def test_a_lone_surrogate_in_a_body_decoded_already_is_measured_and_read():
+    """Text cannot hold one as UTF-8 can: it is up to the envelope's checks to refuse it."""
+    assert wire.decode('{"method": "\ud800"}', None, 20) == {"method": "\ud800"}
+
+
+ADDRESS = (CALL["_msg_id"], CALL["_reply_q"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        body_of(CALL)[:-1],  # not valid JSON
+        body_of({**CALL, "method": "\ud800"}).replace(b"\\\\ud800", b"\xed\xa0\x80"),  # not UTF-8
+        body_of(CALL).replace(b'"2.0"', b'"3.0"'),
+        body_of({**CALL, "method": "DEEP"}).replace(b'\\"DEEP\\"', b"[" * 5000 + b"]" * 5000),
+        json.dumps({**CALL, "args": {"a": "x" * 100_000, "b": [{"_msg_id": "no"}]}}).encode(),
+    ],
+    ids=["truncated", "not-utf8", "version", "too-deep", "large-no-envelope"],
+)
+def test_the_reply_address_of_a_refused_body_is_read_without_parsing_it(body):
+    assert wire.reply_address(body) == ADDRESS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff{",
+        b"[1]",
+        b"\xff" + body_of(CALL),
+        b'{"_msg_id": "a"}',
+        b'{"_msg_id": "a", "_reply_q": 5}',
+        b"{" * 100,
+    ],
+)
+def test_no_reply_address_when_a_body_holds_none(body):
+    assert wire.reply_address(body) is None
+
+
+# The envelope: validated before anything reads it
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("_msg_id", ["id"]),
+        ("_msg_id", ""),
+        ("_msg_id", "x" * 256),
+        ("_reply_q", "\ud800"),
+        ("_reply_q", 42),
+        ("_reply_q", "\u00e9" * 128),  # 256 bytes
+    ],
+)
+def test_a_malformed_reply_address_is_refused(field, value):
+    with pytest.raises(WireError, match=f"^{field} must be a string of 1 to 255 bytes"):
+        wire.envelope({**CALL, field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("_unique_id", {"a": 1}),
+        ("_unique_id", "\udfff"),
+        ("_timeout", float("inf")),
+        ("_timeout", float("nan")),
+        ("_timeout", 10**400),
+        ("_timeout", True),
+        ("_timeout", "10"),
+    ],
+)
+def test_a_malformed_field_makes_a_problem_for_an_answerable_call(field, value):
+    envelope = wire.envelope({**CALL, field: value})
+    assert envelope.is_call and envelope.problem.startswith(f"{field} must be")
+
+
+def test_a_valid_envelope():
+    envelope = wire.envelope({**CALL, "_timeout": 30})
+    assert envelope == wire.Envelope(*ADDRESS, CALL["_unique_id"], 30)
+    assert not wire.envelope({"method": "cast"}).is_call
