@@ -14,7 +14,13 @@ from supervise.rpc.client import RPCClient
 from supervise.rpc.dispatcher import Target
 from supervise.rpc.io import Cancelled, ConnectionThread
 from supervise.rpc.server import RPCServer
-from tests.functional.conftest import each_transport, private_rabbit, rabbitmqctl, wait_until
+from tests.functional.conftest import (
+    RPC_SERVICE,
+    each_transport,
+    private_rabbit,
+    rabbitmqctl,
+    wait_until,
+)
 from tests.functional.load import Load
 
 
@@ -83,9 +89,7 @@ def test_broker_restart_under_load_workers_reconnect_without_crash_loop(serve, c
 def test_stop_cancels_a_start_that_waits_for_the_broker(stop):
     """The worker's lifecycle thread relies on this: stop() from another thread makes a
     start still retrying its first connection raise Cancelled at once."""
-    with socket.socket() as sock:  # a port nobody listens on: connections are refused
-        sock.bind(("127.0.0.1", 0))
-        url = f"rabbit://guest:guest@127.0.0.1:{sock.getsockname()[1]}/"
+    url = _refused_url()
     if stop == "server":
         stoppable = RPCServer(url, Target(topic="t", server="h"), [])
         io, start = stoppable._io, stoppable.start
@@ -102,6 +106,26 @@ def test_stop_cancels_a_start_that_waits_for_the_broker(stop):
     assert not thread.is_alive() and time.monotonic() - began < 1.0
     assert [type(error) for error in raised] == [Cancelled]
     assert not io._thread.is_alive()
+
+
+def _refused_url() -> str:
+    """A RabbitMQ URL whose port nobody listens on: every connection attempt is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"rabbit://guest:guest@127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def test_term_while_workers_wait_for_the_broker_stops_them_at_once(supervise):
+    """The worker's cancel reaches the RPC server's connection retry loop: a SIGTERM while
+    the broker cannot be reached ends the start at once, exit 0, not at the drain deadline."""
+    sup = supervise(RPC_SERVICE, "--workers", "2", "--transport-url", _refused_url())
+    wait_until(lambda: sup.log().count("cannot connect") >= 2, what="both workers retrying")
+    began = time.monotonic()
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    assert time.monotonic() - began < 2.0
+    assert sup.log().count("cancelling its start") == 2
+    assert "Traceback" not in sup.log()
 
 
 def _catch(function, errors: list[BaseException]) -> None:
