@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -53,6 +54,19 @@ def wait_for_every_cast(load: Load, *masters: Supervisor) -> dict[str, int]:
     return seen()
 
 
+def every(period: float, seconds: float, act: Callable[[], bool]) -> int:
+    """Call `act` every `period` seconds for `seconds`, at a steady pace whatever each call
+    takes; return how many calls acted (returned true)."""
+    acted = 0
+    next_at = time.monotonic()
+    end = next_at + seconds
+    while next_at < end:
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        acted += bool(act())
+        next_at += period
+    return acted
+
+
 def stop(sup: Supervisor) -> int:
     sup.signal(signal.SIGTERM)
     return sup.wait_exit(timeout=30)
@@ -65,18 +79,16 @@ def recorded_load(client) -> Load:
 @each_transport
 def test_kill_a_random_worker_every_300_ms_for_20_s(serve, client, request):
     sup = serve(4, *STORM)
-    kills = 0
+
+    def kill_one() -> bool:
+        pids = sup.worker_pids()
+        if pids:
+            os.kill(random.choice(sorted(pids)), signal.SIGKILL)
+        return bool(pids)
+
     with recorded_load(client).running() as load:
         load.wait_for_calls(50)
-        next_kill = time.monotonic()
-        end = next_kill + 20
-        while next_kill < end:
-            time.sleep(max(0.0, next_kill - time.monotonic()))  # the storm's pace
-            pids = sup.worker_pids()
-            if pids:
-                os.kill(random.choice(sorted(pids)), signal.SIGKILL)
-                kills += 1
-            next_kill += 0.3
+        kills = every(0.3, 20, kill_one)
         load.wait_for_calls(50)  # served again once the storm is over
     seen = wait_for_every_cast(load, sup)
     code = stop(sup)
@@ -92,16 +104,9 @@ def test_kill_a_random_worker_every_300_ms_for_20_s(serve, client, request):
 @pytest.mark.parametrize("method", ["rolling", "mutate"])
 def test_sighup_every_2_s_for_20_s_fails_no_call(serve, client, method, request):
     sup = serve(2, "--reload-method", method)
-    signals = 0
     with recorded_load(client).running() as load:
         load.wait_for_calls(50)
-        next_reload = time.monotonic()
-        end = next_reload + 20
-        while next_reload < end:
-            time.sleep(max(0.0, next_reload - time.monotonic()))  # the storm's pace
-            sup.signal(signal.SIGHUP)
-            signals += 1
-            next_reload += 2
+        signals = every(2, 20, lambda: sup.signal(signal.SIGHUP) or True)
         load.wait_for_calls(50)
     seen = wait_for_every_cast(load, sup)
     code = stop(sup)

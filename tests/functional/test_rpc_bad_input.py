@@ -24,6 +24,7 @@ import kombu
 import pytest
 
 from supervise.rpc.transport_url import kombu_urls
+from supervise.rpc.wire import MAX_TIMEOUT
 from tests.functional.conftest import each_transport, wait_until
 
 JSON = "application/json"
@@ -525,3 +526,19 @@ def test_bad_replies_leave_the_client_connected(serve, client, messenger, broker
     lost = [r for r in caplog.records if r.name == "supervise.rpc.io"]
     assert not lost, [r.getMessage() for r in lost]
     assert "Traceback" not in caplog.text
+
+
+@each_transport
+def test_the_longest_call_monitor_timeout_is_harmless(serve, client, broker, topic):
+    """The largest `_timeout` accepted (wire.MAX_TIMEOUT) sets a call-monitor timer the I/O
+    thread must wait for; without AMQP heartbeats it is the only timer it has, and select()
+    must take it (1e300 would not fit its time_t: such a call is refused)."""
+    sup = serve(1, "--heartbeat-timeout-threshold", "0")
+    fields = broker.fields(True)
+    broker.publish(envelope(_echo(fields, _timeout=MAX_TIMEOUT)), "", "application/json", {})
+    broker.wait_replies({fields["_msg_id"]})
+    assert broker.replies[fields["_msg_id"]]["result"] == 1, broker.replies[fields["_msg_id"]]
+    assert client.call({}, "echo", payload="still serving") == "still serving"
+    log = sup.log()
+    assert "Traceback" not in log and "unexpected error" not in log, log
+    assert "lost the connection" not in log, log
