@@ -22,7 +22,8 @@ class Wakeup:
         signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: the loop is due to wake anyway
+        # Full: the loop is due to wake anyway. Closed: the loop has ended, nothing to wake.
+        with contextlib.suppress(OSError):
             self.writer.send(b"\0")
 
     def drain(self) -> None:

@@ -81,6 +81,8 @@ class ConnectionThread:
         self._timers: list[tuple[float, Task]] = []  # few at a time: a list is enough
         self._wakeup = Wakeup()
         self._stopping = threading.Event()
+        self._ended = threading.Event()
+        self._flush_waiters: set[threading.Event] = set()
         self._outage_began: float | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -118,17 +120,25 @@ class ConnectionThread:
 
     def flush(self, timeout: float) -> bool:
         """Whether every task queued so far has run within `timeout` (reconnecting first if
-        the connection is lost); False at once if the thread has ended."""
-        done = threading.Event()
-        if not self._thread.is_alive():
-            return False
-        self.call_soon(lambda _conn: done.set())
-        return done.wait(timeout)
+        the connection is lost); False as soon as the thread ends, or has ended."""
+        flushed, woken = threading.Event(), threading.Event()
+
+        def mark(_conn: kombu.Connection) -> None:
+            flushed.set()
+            woken.set()
+
+        self._flush_waiters.add(woken)  # before the check: `_run` wakes it when it ends
+        try:
+            if not self._ended.is_set():
+                self.call_soon(mark)
+                woken.wait(timeout)
+        finally:
+            self._flush_waiters.discard(woken)
+        return flushed.is_set()
 
     def stop(self, timeout: float | None = None) -> None:
         self._stopping.set()
-        with contextlib.suppress(OSError):  # closed: the thread has ended (a failure) already
-            self._wakeup.wake()
+        self._wakeup.wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -151,6 +161,9 @@ class ConnectionThread:
                 self._serve(conn)
         finally:
             self._fail_pending(ConnectionLost("the connection was closed"))
+            self._ended.set()
+            for waiter in list(self._flush_waiters):
+                waiter.set()
             self._wakeup.close()
             self._settled.set()
 

@@ -157,7 +157,8 @@ class RPCServer:
         and what is not acked then the broker gives to another consumer."""
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0)
-        if not self._io.flush(FLUSH_TIMEOUT):
+        # A start cancelled before the first connection left nothing to send.
+        if self._io.ever_connected and not self._io.flush(FLUSH_TIMEOUT):
             LOG.warning(
                 "replies and acks not sent within %g s (no broker connection): the broker "
                 "gives those messages to another consumer",

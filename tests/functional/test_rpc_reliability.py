@@ -3,6 +3,7 @@ transports but for the broker restart, which stops a private RabbitMQ node)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -86,7 +87,7 @@ def test_broker_restart_under_load_workers_reconnect_without_crash_loop(serve, c
 
 
 @pytest.mark.parametrize("stop", ["server", "connection-thread"])
-def test_stop_cancels_a_start_that_waits_for_the_broker(stop):
+def test_stop_cancels_a_start_that_waits_for_the_broker(stop, caplog):
     """The worker's lifecycle thread relies on this: stop() from another thread makes a
     start still retrying its first connection raise Cancelled at once."""
     url = _refused_url()
@@ -106,6 +107,12 @@ def test_stop_cancels_a_start_that_waits_for_the_broker(stop):
     assert not thread.is_alive() and time.monotonic() - began < 1.0
     assert [type(error) for error in raised] == [Cancelled]
     assert not io._thread.is_alive()
+    if stop == "server":  # then the worker's stop waits for it: at once, nothing to send
+        caplog.clear()
+        began = time.monotonic()
+        stoppable.wait()
+        assert time.monotonic() - began < 1.0
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def _refused_url() -> str:
