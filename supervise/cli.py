@@ -46,7 +46,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         description="A pre-fork supervisor for Python RPC services.",
         epilog="'run' is implied when the first word is not a subcommand.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="start a master and its workers (the default)")
     run.add_argument(
@@ -163,6 +163,14 @@ def _print_help() -> None:
     parser.print_help()
     print()
     commands["run"].print_help()
+
+
+class _VersionAction(argparse.Action):
+    """argparse's "version" action, with the version read only when it is asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> NoReturn:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

@@ -122,10 +122,23 @@ def registered_services() -> dict[str, str]:
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _own_services() -> dict[str, str]:
+    """The services supervise itself registers: reading one distribution's entry points
+    costs far less at start than reading every installed one's."""
+    try:
+        entry_points = importlib.metadata.distribution("supervise").entry_points
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    return {ep.name: ep.value for ep in entry_points if ep.group == ENTRY_POINT_GROUP}
+
+
 def resolve(name: str) -> ServiceRef:
     """Turn a registered name or ``module:Class`` into a ServiceRef, checking that the module
-    exists without importing it (the master does not import services unless preloading)."""
-    registered = registered_services()
+    exists without importing it (the master does not import services unless preloading).
+    supervise's own names come first; other packages' are looked up only when needed."""
+    registered = {} if ":" in name else _own_services()
+    if ":" not in name and name not in registered:
+        registered = registered_services()
     target = registered.get(name, name)
     module, _, attribute = target.partition(":")
     if not module or not attribute:

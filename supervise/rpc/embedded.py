@@ -1,7 +1,7 @@
 """``local://``: a kombu transport for one host, with no broker, correct across processes.
 
 ``kombu.Connection("local:///var/lib/supervise/queue.db")`` (the ``local`` alias is
-registered by `supervise.rpc.transport_url`) gives what the RPC layer uses of RabbitMQ:
+registered by `supervise.rpc.local_scheme`) gives what the RPC layer uses of RabbitMQ:
 topic, direct and fanout exchanges with bindings stored in the file, the default exchange,
 per-message expiration, queue ``x-expires``, ``basic_qos`` prefetch, acks, rejects, and
 redelivery with ``redelivered`` set when the process holding a message dies.

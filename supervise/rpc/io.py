@@ -23,6 +23,7 @@ from typing import Any
 import kombu
 
 from supervise.config import ConfigError
+from supervise.rpc import local_scheme  # noqa: F401 (local:// URLs connect)
 from supervise.rpc.transport_url import kombu_urls, mask
 from supervise.wakeup import Wakeup
 

@@ -5,8 +5,8 @@ kombu wants one URL per host, tried in turn (failover). Passwords never reach a 
 `mask` replaces them.
 
 ``local:///absolute/path/queue.db`` is supervise's own broker-less transport
-(`supervise.rpc.embedded`), for the processes of one host; importing this module registers
-its scheme with kombu.
+(`supervise.rpc.embedded`), for the processes of one host; `supervise.rpc.local_scheme`
+registers its scheme with kombu.
 """
 
 from __future__ import annotations
@@ -15,14 +15,10 @@ import os
 import re
 from urllib.parse import quote, unquote, urlsplit
 
-from kombu.transport import TRANSPORT_ALIASES
-
 LOCAL_SCHEME = "local"
 SCHEMES = {"rabbit": "amqp", "amqp": "amqp", LOCAL_SCHEME: LOCAL_SCHEME}
 DEFAULT_PORT = 5672
 LOCAL_FILE = "queue.db"
-
-TRANSPORT_ALIASES.setdefault(LOCAL_SCHEME, "supervise.rpc.embedded:Transport")
 
 
 class BadTransportURL(ValueError):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import kombu
 
-import supervise.rpc.transport_url  # noqa: F401  (registers the local:// scheme)
+import supervise.rpc.local_scheme  # noqa: F401  (registers the local:// scheme)
 
 
 def consume(args: argparse.Namespace) -> None:
