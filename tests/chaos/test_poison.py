@@ -10,7 +10,7 @@ import pytest
 
 from supervise.rpc import wire
 from tests.functional.conftest import each_transport
-from tests.functional.test_rpc_reliability import Load
+from tests.functional.load import Load
 
 MAX_REDELIVERIES = 3  # the default
 
