@@ -45,6 +45,7 @@ from pathlib import Path
 
 import kombu
 import psutil
+from sessions import kill_session
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -129,8 +130,8 @@ def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subp
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    """Kill the process and everything in its session (supervise's workers included)."""
+    kill_session(process.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(10)
 

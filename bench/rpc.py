@@ -56,6 +56,7 @@ from urllib.parse import unquote, urlsplit
 
 import amqp
 import psutil
+from sessions import cpu_of_session, kill_session
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEERS_DIR = BENCH_DIR / "peers"
@@ -307,14 +308,13 @@ def _process_cpu() -> float:
 
 def _kill_group(popen: subprocess.Popen, grace: float) -> None:
     """SIGTERM the leader, give it `grace` seconds to stop its own children, then SIGKILL the
-    whole group (workers a dead leader orphaned included) and reap the leader."""
+    whole session (workers a dead leader orphaned included) and reap the leader."""
     if popen.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             popen.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGKILL)
+    kill_session(popen.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
         popen.wait(5)
     _reap_orphans()
@@ -325,17 +325,6 @@ def _reap_orphans() -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
-
-
-def _group_cpu(pgid: int) -> float:
-    """CPU seconds used so far by the live processes of group `pgid`."""
-    total = 0.0
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(process.pid) == pgid:
-                times = process.cpu_times()
-                total += times.user + times.system
-    return total
 
 
 def _broker_processes() -> list[psutil.Process]:
@@ -396,7 +385,7 @@ class Server:
             time.sleep(0.05)
 
     def cpu(self) -> float:
-        return _group_cpu(self.popen.pid)
+        return cpu_of_session(self.popen.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         with contextlib.suppress(OSError):

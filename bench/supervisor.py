@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from sessions import kill_session, live_in_session
 
 BENCH_DIR = Path(__file__).resolve().parent
 COTYLEDON_APP = BENCH_DIR / "peers" / "cotyledon_app.py"
@@ -99,14 +100,14 @@ class Master:
         return self.process.pid
 
     def close(self) -> None:
-        """Kill the whole process group, reap the master and the workers it orphaned (this
-        script is their subreaper), close the sockets. Idempotent."""
+        """Kill the whole session, reap the master and the workers it orphaned (this script
+        is their subreaper), close the sockets. Idempotent."""
         if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):  # nobody left: a clean exit
-                os.killpg(self.pid, signal.SIGKILL)
+            if not kill_session(self.pid):
+                _progress(f"processes of session {self.pid} still alive 10 s after SIGKILL")
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(10)
-            _reap_orphans(self.pid)
+            _reap_orphans()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -317,28 +318,11 @@ def _become_subreaper() -> None:
         _progress(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
 
 
-def _reap_orphans(pgid: int, timeout: float = 10.0) -> None:
-    """After a SIGKILL to group `pgid`: wait (a cleanup, with a deadline) until none of its
-    processes is alive, then reap those that were re-parented to this script."""
-    deadline = time.monotonic() + timeout
-    while _live_in_group(pgid):
-        if time.monotonic() >= deadline:
-            _progress(f"processes of group {pgid} still alive {timeout:g} s after SIGKILL")
-            break
-        time.sleep(0.01)
+def _reap_orphans() -> None:
+    """Reap the processes that were re-parented to this script (their subreaper)."""
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
-
-
-def _live_in_group(pgid: int) -> list[int]:
-    """Live (not zombie) processes in process group `pgid`."""
-    live = []
-    for process in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(process.pid) == pgid and process.info["status"] != "zombie":
-                live.append(process.pid)
-    return live
 
 
 def _fields(data: bytes) -> Fields:
@@ -424,7 +408,7 @@ class Bench:
         code = master.process.returncode if master.process else None
         if code != 0:
             self.results.observe(f"{master.kind}: exited with status {code} after an idle SIGTERM")
-        left = _live_in_group(master.pid)
+        left = [p.pid for p in live_in_session(master.pid)]
         if left:
             self.results.observe(
                 f"{master.kind}: {len(left)} processes of its group still alive after the "
