@@ -737,11 +737,11 @@ def report_rounds(rounds: list[Round]) -> None:
             per_round.append({name: this_row.value(results[name]) for name in names})
         print(f"{row.label}")
         for name in names:
-            print(f"    {name:12}{_spread([values[name] for values in per_round], row.show)}")
+            print(f"    {name:14}{_spread([values[name] for values in per_round], row.show)}")
         for peer in ("oslo", "raw-kombu"):
             if peer in names and "supervise" in names:
                 ratios = [_ratio(v["supervise"], v[peer]) for v in per_round]
-                print(f"    {'sup/' + peer:12}{_spread(ratios, _times)}")
+                print(f"    {'sup/' + peer:14}{_spread(ratios, _times)}")
     noisy = sum(
         1
         for results, _ in rounds
