@@ -87,6 +87,15 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
 # subcommand that reaches one takes --state-dir, as run does.
 CALL_OPTIONS = ["transport_url", "state_dir", "control_exchange", "publisher_confirms", "log_level"]
 DATABASE_OPTIONS = ["database_url", "state_dir", "log_level"]
+# A change of a service's record is notified: the options of the notifications and of the
+# transport they default to.
+NOTIFICATION_OPTIONS = [
+    "notification_driver",
+    "notification_topics",
+    "notification_transport_url",
+    "transport_url",
+    "control_exchange",
+]
 
 
 def _add_service_parsers(commands: argparse._SubParsersAction) -> None:
@@ -115,7 +124,8 @@ def _add_service_parsers(commands: argparse._SubParsersAction) -> None:
             parser.add_argument("--unset", action="store_true", help="undo a force-down")
     for parser in parsers:
         parser.add_argument("--json", action="store_true", help="print JSON")
-        _add_config_options(parser, [*DATABASE_OPTIONS, "report_interval", "service_down_time"])
+        names = [*DATABASE_OPTIONS, "report_interval", "service_down_time"]
+        _add_config_options(parser, names if parser is listing else names + NOTIFICATION_OPTIONS)
 
 
 def _add_db_parsers(commands: argparse._SubParsersAction) -> None:

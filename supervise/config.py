@@ -3,7 +3,11 @@
 Precedence, lowest first: built-in defaults, INI config files (in the order given),
 ``SUPERVISE_<OPTION>`` environment variables, command-line flags. Config files use
 nova.conf option names; supervise reads ``[DEFAULT]`` (ignoring the many options that
-belong to the hosted service) and ``[supervise]`` (where an unknown name is an error).
+belong to the hosted service), ``[supervise]`` (where an unknown name is an error) and
+oslo.messaging's ``[oslo_messaging_notifications]`` (its ``driver``, ``topics`` and
+``transport_url``; oslo's other options there are ignored). An option of such a group has a
+flat name elsewhere: ``driver`` there is ``notification_driver`` in ``[supervise]``,
+``SUPERVISE_NOTIFICATION_DRIVER`` and ``--notification-driver``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import configparser
 import dataclasses
 import math
 import os
+import re
 import socket
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +28,7 @@ from supervise.rpc.transport_url import BadTransportURL, kombu_urls, local_trans
 
 ENV_PREFIX = "SUPERVISE_"
 SECTION = "supervise"
+NOTIFICATIONS_SECTION = "oslo_messaging_notifications"
 
 
 class ConfigError(Exception):
@@ -124,6 +130,27 @@ def _transport_url(text: str) -> str:
     except BadTransportURL as error:
         raise ValueError(str(error)) from None
     return text
+
+
+NOTIFICATION_DRIVERS = ("messagingv2", "messaging", "log", "noop")
+
+
+def _notification_drivers(text: str) -> tuple[str, ...]:
+    """oslo's multi-valued ``driver``: a key repeated in a file (read as one value a line),
+    or, where a key cannot repeat (a variable, a flag), a comma-separated list."""
+    drivers = tuple(name.strip() for name in re.split(r"[,\n]", text) if name.strip())
+    for name in drivers:
+        if name not in NOTIFICATION_DRIVERS:
+            raise ValueError(f"expected {', '.join(NOTIFICATION_DRIVERS)}, got {name!r}")
+    return drivers
+
+
+def _topics(text: str) -> tuple[str, ...]:
+    """oslo's ``topics`` list: comma-separated names, each a part of a routing key."""
+    topics = tuple(_text(name.strip()) for name in text.split(","))
+    if any(not name or any(c in name for c in "#* ") for name in topics):
+        raise ValueError(f"expected comma-separated topic names, got {text!r}")
+    return topics
 
 
 def _log_level(text: str) -> str:
@@ -259,6 +286,25 @@ class Config:
     )
     log_level: str = _option("INFO", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_file: str | None = _option(None, _text, "append logs to this file instead of stderr")
+    notification_driver: tuple[str, ...] = _option(
+        (),
+        _notification_drivers,
+        "notification drivers, comma-separated: messagingv2, messaging, log, noop "
+        "(default: none, notifications off)",
+        section=(NOTIFICATIONS_SECTION, "driver"),
+    )
+    notification_topics: tuple[str, ...] = _option(
+        ("versioned_notifications",),
+        _topics,
+        "topics of the notifications, comma-separated",
+        section=(NOTIFICATIONS_SECTION, "topics"),
+    )
+    notification_transport_url: str | None = _option(
+        None,
+        _transport_url,
+        "message broker of the notifications (default: transport_url)",
+        section=(NOTIFICATIONS_SECTION, "transport_url"),
+    )
     config_file: tuple[str, ...] = field(default=(), metadata={"help": "INI config file"})
 
     @property
@@ -266,6 +312,11 @@ class Config:
         """The transport URL in force: the configured one, else the local transport's file in
         the state directory (no broker needed on one host)."""
         return self.transport_url or local_transport_url(self.state_dir)
+
+    @property
+    def notification_transport(self) -> str:
+        """The notifications' transport URL in force: their own, else the RPC transport."""
+        return self.notification_transport_url or self.transport
 
     @property
     def database(self) -> str:
@@ -277,7 +328,8 @@ class Config:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Config:
-        return cls(**{**data, "config_file": tuple(data["config_file"])})
+        # JSON has no tuples: the multi-valued options come back as lists
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def settable_fields() -> list[dataclasses.Field]:
@@ -286,13 +338,37 @@ def settable_fields() -> list[dataclasses.Field]:
 
 
 _BY_NAME = {f.name: f for f in settable_fields()}
+# The options of other sections, by section and key: [oslo_messaging_notifications] driver is
+# notification_driver.
+_BY_SECTION: dict[str, dict[str, str]] = {}
+for _field in settable_fields():
+    if "section" in _field.metadata:
+        _section, _key = _field.metadata["section"]
+        _BY_SECTION.setdefault(_section, {})[_key] = _field.name
+# Multi-valued (oslo's MultiStrOpt), by the names they have in files.
+_MULTI_VALUED = {"notification_driver", "driver"}
 
 
-def parse(name: str, text: str, origin: str) -> Any:
+class _RepeatedKeys(dict):
+    """A section's keys as oslo.config reads them: the last of a repeated key wins, but a
+    multi-valued option keeps every value, one a line (configparser joins a value's lines
+    with newlines)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        current = self.get(key)
+        if key in _MULTI_VALUED and isinstance(value, list) and isinstance(current, list):
+            current.extend(value)  # both values are still being read: lines of one
+        else:
+            super().__setitem__(key, value)
+
+
+def parse(name: str, text: str, origin: str, shown_as: str | None = None) -> Any:
+    """The value of option `name`; a ConfigError names `origin` and the option, as the
+    operator wrote it (`shown_as`: a key of another section)."""
     try:
         return _BY_NAME[name].metadata["parse"](text)
     except ValueError as error:
-        raise ConfigError(f"{origin}: {name}: {error}") from None
+        raise ConfigError(f"{origin}: {shown_as or name}: {error}") from None
 
 
 def read_config_files(paths: Iterable[str]) -> dict[str, Any]:
@@ -302,7 +378,10 @@ def read_config_files(paths: Iterable[str]) -> dict[str, Any]:
         # [DEFAULT] read as an ordinary section, so [supervise] shows only its own keys;
         # not strict, as oslo.config allows a key to repeat (multi-valued options).
         parser = configparser.ConfigParser(
-            interpolation=None, strict=False, default_section="\0no default section"
+            interpolation=None,
+            strict=False,
+            default_section="\0no default section",
+            dict_type=_RepeatedKeys,
         )
         try:
             with open(path, encoding="utf-8") as stream:
@@ -321,6 +400,11 @@ def read_config_files(paths: Iterable[str]) -> dict[str, Any]:
                 if name not in _BY_NAME:
                     raise ConfigError(f"{path}: [{SECTION}] has an unknown option {name!r}")
                 values[name] = parse(name, text, path)
+        for section, names in _BY_SECTION.items():
+            if parser.has_section(section):
+                for key, text in parser.items(section):
+                    if key in names:  # oslo's other options of the group are not ours
+                        values[names[key]] = parse(names[key], text, path, f"[{section}] {key}")
     return values
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
 from supervise import exitcodes
 from supervise.config import Config
 from supervise.db import BadDatabaseURL, Database, DatabaseError
+from supervise.notifications import NotifyingRecords, ServiceNotifier
 from supervise.servicegroup import ServiceGroup
 from supervise.terminal import printable
 
@@ -42,7 +44,7 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
-def _change(db: Database, namespace: argparse.Namespace) -> Any:
+def _change(db: NotifyingRecords, namespace: argparse.Namespace) -> Any:
     if db.schema_revision() is None:
         return None  # no services table yet: no such service
     ref = db.service_get_by_host_and_binary(namespace.service_host, namespace.service_binary)
@@ -58,6 +60,13 @@ def _change(db: Database, namespace: argparse.Namespace) -> Any:
     return ref
 
 
+def _setup_logging(level: str) -> None:
+    """Warnings (a notification not sent) as one line each. The notifications' connection
+    would add its own lines on an outage: the warning of the notifier says it all."""
+    logging.basicConfig(level=level, format="supervise: %(levelname)s %(message)s")
+    logging.getLogger("supervise.rpc.io").setLevel(logging.ERROR)
+
+
 def main(namespace: argparse.Namespace, conf: Config) -> int:
     try:
         db = Database(conf.database)
@@ -65,26 +74,45 @@ def main(namespace: argparse.Namespace, conf: Config) -> int:
         print(f"supervise: error: {printable(str(error))}", file=sys.stderr)
         return exitcodes.USAGE
     servicegroup = ServiceGroup(db, conf.report_interval, conf.service_down_time)
+    if namespace.action == "list":
+        return _list(db, servicegroup, namespace)
+    _setup_logging(conf.log_level)
+    notifier = ServiceNotifier.from_config(conf)
     try:
-        if namespace.action == "list":
-            records = (
-                db.service_get_all(host=namespace.service_host, binary=namespace.service_binary)
-                if db.schema_revision() is not None
-                else []  # no service has started on it yet
-            )
-        else:
-            record = _change(db, namespace)
-            if record is None:
-                host, binary = namespace.service_host, namespace.service_binary
-                print(
-                    f"supervise: no service {printable(binary)} on host {printable(host)}",
-                    file=sys.stderr,
-                )
-                return exitcodes.FAILED
-            records = [] if namespace.action == "delete" else [record]
+        return _change_and_print(NotifyingRecords(db, notifier), servicegroup, namespace)
+    finally:
+        notifier.close()
+
+
+def _list(db: Database, servicegroup: ServiceGroup, namespace: argparse.Namespace) -> int:
+    try:
+        records = (
+            db.service_get_all(host=namespace.service_host, binary=namespace.service_binary)
+            if db.schema_revision() is not None
+            else []  # no service has started on it yet
+        )
     except DatabaseError as error:
         print(f"supervise: database error: {printable(str(error))}", file=sys.stderr)
         return exitcodes.FAILED
+    _print([_row(r, servicegroup) for r in records], namespace.json)
+    return exitcodes.OK
+
+
+def _change_and_print(
+    db: NotifyingRecords, servicegroup: ServiceGroup, namespace: argparse.Namespace
+) -> int:
+    try:
+        record = _change(db, namespace)
+    except DatabaseError as error:
+        print(f"supervise: database error: {printable(str(error))}", file=sys.stderr)
+        return exitcodes.FAILED
+    if record is None:
+        host, binary = namespace.service_host, namespace.service_binary
+        print(
+            f"supervise: no service {printable(binary)} on host {printable(host)}",
+            file=sys.stderr,
+        )
+        return exitcodes.FAILED
     if namespace.action != "delete":
-        _print([_row(r, servicegroup) for r in records], namespace.json)
+        _print([_row(record, servicegroup)], namespace.json)
     return exitcodes.OK
