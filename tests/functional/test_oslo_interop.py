@@ -31,16 +31,21 @@ from tests.functional.conftest import wait_until
 # ----- oslo.messaging fixtures -------------------------------------------------------------
 
 
-@pytest.fixture
-def oslo_transport(rabbit_url: str) -> Iterator[oslo_messaging.Transport]:
-    """An oslo.messaging RPC transport on the test session's vhost, on a private conf."""
+def oslo_conf() -> cfg.ConfigOpts:
+    """A private oslo.config for oslo.messaging's transports."""
     conf = cfg.ConfigOpts()
     # oslo.messaging 18 registers its tracing and metrics options on the global cfg.CONF
     # only, yet reads them from the transport's conf (as its own ConfFixture knows).
     conf.register_opts(oslo_tracing.oslo_messaging_tracing, group="oslo_messaging_tracing")
     conf.register_opts(oslo_metrics.oslo_messaging_metrics, group="oslo_messaging_metrics")
     conf(args=[], project="supervise-oslo-interop", default_config_files=[])
-    transport = oslo_messaging.get_rpc_transport(conf, url=rabbit_url)
+    return conf
+
+
+@pytest.fixture
+def oslo_transport(rabbit_url: str) -> Iterator[oslo_messaging.Transport]:
+    """An oslo.messaging RPC transport on the test session's vhost, on a private conf."""
+    transport = oslo_messaging.get_rpc_transport(oslo_conf(), url=rabbit_url)
     try:
         yield transport
     finally:
