@@ -208,6 +208,52 @@ def test_repeated_keys_in_a_section_supervise_does_not_read_are_accepted(tmp_pat
     assert config.load({}, [path], {}).workers == available_cpus()
 
 
+def test_oslo_messaging_notifications_options_as_oslo_reads_them(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "nova.conf",
+        NOVA_DEFAULTS
+        + "[oslo_messaging_notifications]\n"
+        + "driver = messagingv2\n"
+        + "driver = log\n"  # multi-valued: both
+        + "topics = versioned_notifications, notifications\n"
+        + "retry = 5\n"  # oslo's own option: not supervise's, ignored
+        + "transport_url = rabbit://n:secret@notify:5672/\n"
+        + "[supervise]\nworkers = 2\nworkers = 3\n",  # single-valued: the last wins
+    )
+    conf = config.load({}, [path], {})
+    assert conf.notification_driver == ("messagingv2", "log")
+    assert conf.notification_topics == ("versioned_notifications", "notifications")
+    assert conf.notification_transport == "rabbit://n:secret@notify:5672/"
+    assert conf.workers == 3
+    assert Config.from_json(json.loads(json.dumps(conf.to_json()))) == conf
+
+
+def test_notification_defaults_and_other_sources() -> None:
+    conf = config.load({}, [], {})
+    assert (conf.notification_driver, conf.notification_topics) == (
+        (),
+        ("versioned_notifications",),
+    )
+    assert conf.notification_transport == conf.transport  # the RPC transport
+    conf = config.load(
+        {"notification_topics": ("flag",)},
+        [],
+        {"SUPERVISE_NOTIFICATION_DRIVER": "messaging, noop", "SUPERVISE_NOTIFICATION_TOPICS": "e"},
+    )
+    assert (conf.notification_driver, conf.notification_topics) == (
+        ("messaging", "noop"),
+        ("flag",),
+    )
+
+
+def test_a_bad_notification_option_in_a_file_is_named_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.conf", "[oslo_messaging_notifications]\ndriver = routing\n")
+    with pytest.raises(ConfigError) as error:
+        config.load({}, [path], {})
+    assert_one_line(error, path, "[oslo_messaging_notifications] driver", "'routing'")
+
+
 def test_unknown_option_in_supervise_section_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "a.conf", "[supervise]\nworkers = 2\nwrokers = 3\n")
     with pytest.raises(ConfigError) as error:
