@@ -13,6 +13,8 @@ import sys
 from supervise import private_files
 
 FORMAT = "%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s"
+# The journal stamps every line it receives itself.
+JOURNAL_FORMAT = "%(levelname)s [%(role)s] %(name)s: %(message)s"
 
 _role = "master"
 
@@ -39,9 +41,24 @@ class _PrivateFileHandler(logging.FileHandler):
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
+def stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM to the device and inode numbers of the stream it connects
+    to the journal; stderr is that stream if they match (a redirected stderr is not)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stream == f"{info.st_dev}:{info.st_ino}"
+
+
 def _make_handler(log_file: str | None) -> logging.Handler:
-    handler = _PrivateFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    if log_file:
+        handler: logging.Handler = _PrivateFileHandler(log_file)
+        handler.setFormatter(logging.Formatter(FORMAT))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(JOURNAL_FORMAT if stderr_is_journal() else FORMAT))
     handler.addFilter(_RoleFilter())
     return handler
 

@@ -1,5 +1,6 @@
 """A steady RPC load for the reliability and chaos suites: callers that call in a loop and,
-optionally, casters, counting what happens to each message."""
+optionally, casters, counting what happens to each message. It imports only supervise and the
+standard library, so the systemd tests run it inside their container too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervise.rpc.client import RPCClient
-from tests.functional.conftest import wait_until
 
 
 @dataclass
@@ -79,6 +79,8 @@ class Load:
                 thread.join(timeout=60)
 
     def wait_for_calls(self, count: int) -> None:
+        from tests.functional.conftest import wait_until  # pytest's side only
+
         start = self.succeeded
         wait_until(lambda: self.succeeded >= start + count, what=f"{count} more calls")
 
