@@ -13,11 +13,12 @@ import os
 import time
 from typing import Any
 
+from supervise.config import ConfigError
 from supervise.hosted import WorkerContext
 from supervise.manager import Manager
 from supervise.periodic import periodic_task
 from supervise.rpc.dispatcher import Target
-from supervise.service import Service
+from supervise.service import Service, topic_of
 from supervise.services.conductor import ConductorManager
 
 LOG = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ class ComputeManager(Manager):
 
 
 def _service(binary: str, manager: type[Manager], context: WorkerContext) -> Service:
+    """nova's topic is fixed by the binary (its clients send there): a --topic naming
+    another one is refused, a ConfigError, so that the master stops with status 2."""
+    topic = context.conf.topic
+    if topic is not None and topic != topic_of(binary):
+        raise ConfigError(
+            f"{binary} serves topic {topic_of(binary)}, fixed by its binary: "
+            f"it cannot serve --topic {topic}"
+        )
     return Service.create(
         binary=binary,
         manager=manager,
