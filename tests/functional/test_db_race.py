@@ -5,7 +5,9 @@
   live row, and no process fails;
 - 8 processes x 100 heartbeats (`service_report`) on one row: report_count is exactly 800;
 - 16 processes call `ensure_schema` at once on a new SQLite file;
-- 16 processes make the first `compute_node_update` of one host at once: one row.
+- 16 processes make the first `compute_node_update` of one host at once: one row;
+- 4 processes x 6 threads register at once, as the conductor's workers do: one row (on
+  SQLite, checking the file beside an open connection once dropped its locks).
 
 The processes are forked (multiprocessing's fork start method) from a parent that has used
 the same `Database` object, so each child also relies on the engine being disposed after
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -92,6 +95,12 @@ def run_at_once(count: int, work: Callable[..., Any], *args: Any) -> tuple[list[
 
 
 def register(db: Database) -> tuple[str, int]:
+    outcome = race_guard(db)
+    db.close()
+    return outcome
+
+
+def race_guard(db: Database) -> tuple[str, int]:
     """Service.start's race guard."""
     try:
         record = db.service_create({"host": HOST, "binary": BINARY, "topic": TOPIC})
@@ -100,7 +109,6 @@ def register(db: Database) -> tuple[str, int]:
         record = db.service_get_by_host_and_binary(HOST, BINARY)
         assert record is not None, "ServiceBinaryExists, yet no record to re-read"
         outcome = "re-read"
-    db.close()
     return outcome, record.id
 
 
@@ -156,6 +164,26 @@ def test_concurrent_first_compute_node_updates_leave_one_row(database: Database)
     assert len(ids) == 1 and [node.id for node in nodes] == list(ids)
     assert (nodes[0].host, nodes[0].vcpus, nodes[0].memory_mb) == (HOST, 8, 1024)
     print(f"\n{database.url.get_backend_name()}: {REGISTRANTS} first updates in {elapsed:.3f} s")
+
+
+def register_in_threads(db: Database, threads: int) -> list[tuple[str, int]]:
+    outcomes: list[tuple[str, int]] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(race_guard(db))) for _ in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(DEADLINE)
+    return outcomes
+
+
+def test_concurrent_registration_from_threads_of_several_processes(database: Database) -> None:
+    database.service_get_all()
+    outcomes, _ = run_at_once(4, register_in_threads, database, 6)
+    kinds = [kind for per_process in outcomes for kind, _ in per_process]
+    assert len(kinds) == 24 and kinds.count("created") == 1, kinds
+    assert len(database.service_get_all()) == 1
 
 
 def test_concurrent_first_start_on_a_new_sqlite_file(tmp_path: Path) -> None:
