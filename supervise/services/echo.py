@@ -8,37 +8,14 @@ a record in the services table (binary ``echo``) and heartbeats, straight to the
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
 from typing import Any
 
 from supervise.hosted import WorkerContext
 from supervise.manager import Manager
-from supervise.rpc.dispatcher import Target
 from supervise.service import Service
+from supervise.services.echo_endpoint import TOPIC, EchoEndpoint
 
-BINARY = TOPIC = "echo"
-
-
-class EchoEndpoint:
-    target = Target(version="1.0")
-
-    def echo(self, context: dict, payload: Any) -> Any:
-        return payload
-
-    def sleep(self, context: dict, ms: float) -> float:
-        time.sleep(ms / 1000)
-        return ms
-
-    def burn(self, context: dict, n: int) -> str:
-        digest = b""
-        for _ in range(n):
-            digest = hashlib.sha256(digest).digest()
-        return digest.hex()
-
-    def pid(self, context: dict) -> int:
-        return os.getpid()
+BINARY = TOPIC
 
 
 class EchoManager(Manager):

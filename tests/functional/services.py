@@ -18,7 +18,7 @@ from pathlib import Path
 from supervise.hosted import WorkerContext
 from supervise.rpc.dispatcher import BaseAPI, Target
 from supervise.rpc.server import RPCServer, ServerOptions
-from supervise.services.echo import TOPIC, EchoEndpoint
+from supervise.services.echo_endpoint import TOPIC, EchoEndpoint
 
 EVENTS_DIR_VARIABLE = "TEST_EVENTS_DIR"
 
