@@ -137,7 +137,14 @@ def open_file(
 
 
 def _check_open_file(fd: int, path: str, tighten: bool) -> None:
-    info = os.fstat(fd)
+    _check_file_info(os.fstat(fd), path)
+    if tighten and stat.S_IMODE(os.fstat(fd).st_mode) & _OTHERS_ANY:
+        os.fchmod(fd, PRIVATE_FILE)
+
+
+def _check_file_info(info: os.stat_result, path: str) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafePath(f"{path} is a symlink: refusing to follow it")
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(f"{path} is not a regular file: refusing it")
     if info.st_uid != os.geteuid():
@@ -145,16 +152,33 @@ def _check_open_file(fd: int, path: str, tighten: bool) -> None:
     mode = stat.S_IMODE(info.st_mode)
     if mode & _OTHERS_WRITE:
         raise UnsafePath(f"{path} is writable by group or others (mode {mode:04o}): refusing it")
-    if tighten and mode & _OTHERS_ANY:
-        os.fchmod(fd, PRIVATE_FILE)
 
 
 def check_file(path: str) -> None:
-    """If `path` exists, the checks of `open_file` (SQLite opens its -wal and -shm itself)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.close(open_file(path, os.O_RDONLY, create=False))
+    """If `path` exists, the checks of `open_file`, made without opening it (SQLite opens
+    its files, -wal and -shm included, itself).
+
+    Never open and close a file SQLite may have open in this process: closing any
+    descriptor of a file drops every POSIX lock the process holds on it, SQLite's too, and
+    another connection's transaction then runs beside this one's (a lost write). `lstat`
+    sees a symlink as `O_NOFOLLOW` would; the directory is private, so the file checked is
+    the file SQLite opens."""
+    check_directory(os.path.dirname(os.path.abspath(path)))
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    _check_file_info(info, path)
+    if stat.S_IMODE(info.st_mode) & _OTHERS_ANY:
+        os.chmod(path, PRIVATE_FILE)
 
 
 def create_file(path: str) -> None:
-    """Make sure the private file `path` exists (a file another program opens by name)."""
-    os.close(open_file(path))
+    """Make sure the private file `path` exists (a file another program opens by name),
+    without opening it if it does (see `check_file`): a new file is a new inode, which
+    nobody holds a lock on yet."""
+    check_directory(os.path.dirname(os.path.abspath(path)))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with contextlib.suppress(FileExistsError):  # also a symlink: O_EXCL never follows one
+        os.close(os.open(path, flags, PRIVATE_FILE))
+    check_file(path)

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test directory: a private PostgreSQL cluster (tests/pg.py) and a
-private RabbitMQ node (tests/rabbit_node.py)."""
+"""Fixtures shared by every test directory: a private PostgreSQL cluster (tests/pg.py), a
+private RabbitMQ node (tests/rabbit_node.py) and the database on each backend
+(tests/db_backends.py)."""
 
-pytest_plugins = ["tests.pg", "tests.rabbit_node"]
+pytest_plugins = ["tests.pg", "tests.rabbit_node", "tests.db_backends"]

@@ -1,64 +1,37 @@
-"""``echo``: an RPC service for smoke tests and benchmarks.
+"""``echo``: an RPC service for smoke tests and benchmarks, a nova `Service` like the others.
 
-``supervise --workers 4 --transport-url URL [--topic T] echo`` serves, on topic ``echo``:
-``echo(payload)``, ``sleep(ms)``, ``burn(n)`` (n rounds of CPU work) and ``pid()`` (the
-worker's process id), plus the ``baseapi`` namespace's ``ping(arg)``.
+``supervise --workers 4 [--topic T] echo`` serves, on topic ``echo`` (or T: echo honours
+``--topic``): ``echo(payload)``, ``sleep(ms)``, ``burn(n)`` (n rounds of CPU work) and
+``pid()`` (the worker's process id), plus the ``baseapi`` namespace's ``ping(arg)``. It has
+a record in the services table (binary ``echo``) and heartbeats, straight to the database.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
 from typing import Any
 
 from supervise.hosted import WorkerContext
-from supervise.rpc.dispatcher import BaseAPI, Target
-from supervise.rpc.server import RPCServer, ServerOptions
+from supervise.manager import Manager
+from supervise.service import Service
+from supervise.services.echo_endpoint import TOPIC, EchoEndpoint
 
-TOPIC = "echo"
-
-
-class EchoEndpoint:
-    target = Target(version="1.0")
-
-    def echo(self, context: dict, payload: Any) -> Any:
-        return payload
-
-    def sleep(self, context: dict, ms: float) -> float:
-        time.sleep(ms / 1000)
-        return ms
-
-    def burn(self, context: dict, n: int) -> str:
-        digest = b""
-        for _ in range(n):
-            digest = hashlib.sha256(digest).digest()
-        return digest.hex()
-
-    def pid(self, context: dict) -> int:
-        return os.getpid()
+BINARY = TOPIC
 
 
-class EchoService:
-    endpoint_class: type = EchoEndpoint
+class EchoManager(Manager):
+    """No RPC methods of its own: the Service serves its `EchoEndpoint`."""
 
-    def __init__(self, context: WorkerContext):
-        self.cancel = context.cancel
-        conf = context.conf
-        target = Target(topic=conf.topic or TOPIC, server=conf.host)
-        self.server = RPCServer(
-            conf.transport,
-            target,
-            [self.endpoint_class(), BaseAPI("echo")],
-            ServerOptions.from_config(conf),
-        )
+    def __init__(self, host: str | None = None, **kwargs: Any):
+        super().__init__(host=host, service_name=BINARY, **kwargs)
+        self.additional_endpoints.append(EchoEndpoint())
 
-    def start(self) -> None:
-        with self.cancel.calls(self.server.stop):
-            self.server.start()
 
-    def stop(self) -> None:
-        self.server.stop()
-
-    def wait(self) -> None:
-        self.server.wait()
+def EchoService(context: WorkerContext) -> Service:  # the name the `echo` entry point has
+    return Service.create(
+        binary=BINARY,
+        topic=context.conf.topic or TOPIC,
+        manager=EchoManager,
+        conf=context.conf,
+        worker_id=context.worker_id,
+        cancel=context.cancel,
+    )

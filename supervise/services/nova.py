@@ -1,9 +1,9 @@
 """Reference services in nova's shape: ``nova-conductor``, ``nova-scheduler``, ``nova-compute``.
 
 Each is a `Service` with a manager of its own: a record in the services table, an RPC
-server on its topic, a heartbeat and periodic tasks. They do no cloud work; they show the
-shape and give the supervisor something real to run:
-``supervise --workers 4 nova-conductor``.
+server on its topic, a heartbeat and periodic tasks. The conductor (its manager in
+supervise/services/conductor.py) is the database front: ``supervise --workers 4
+nova-conductor``.
 """
 
 from __future__ import annotations
@@ -13,37 +13,15 @@ import os
 import time
 from typing import Any
 
+from supervise.config import ConfigError
 from supervise.hosted import WorkerContext
 from supervise.manager import Manager
 from supervise.periodic import periodic_task
 from supervise.rpc.dispatcher import Target
-from supervise.service import Service
+from supervise.service import Service, topic_of
+from supervise.services.conductor import ConductorManager
 
 LOG = logging.getLogger(__name__)
-
-
-class ConductorManager(Manager):
-    target = Target(version="3.0")
-
-    def __init__(self, host: str | None = None, **kwargs: Any):
-        super().__init__(host=host, service_name="conductor", **kwargs)
-        self.calls = 0
-
-    def echo(self, context: dict, payload: Any) -> Any:
-        self.calls += 1
-        return payload
-
-    def sleep(self, context: dict, ms: float) -> float:
-        self.calls += 1
-        time.sleep(ms / 1000)
-        return ms
-
-    def pid(self, context: dict) -> int:
-        return os.getpid()
-
-    @periodic_task(spacing=60)
-    def _log_activity(self, context: dict) -> None:
-        LOG.info("conductor on %s answered %d calls so far", self.host, self.calls)
 
 
 class SchedulerManager(Manager):
@@ -75,6 +53,14 @@ class ComputeManager(Manager):
 
 
 def _service(binary: str, manager: type[Manager], context: WorkerContext) -> Service:
+    """nova's topic is fixed by the binary (its clients send there): a --topic naming
+    another one is refused, a ConfigError, so that the master stops with status 2."""
+    topic = context.conf.topic
+    if topic is not None and topic != topic_of(binary):
+        raise ConfigError(
+            f"{binary} serves topic {topic_of(binary)}, fixed by its binary: "
+            f"it cannot serve --topic {topic}"
+        )
     return Service.create(
         binary=binary,
         manager=manager,

@@ -15,7 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from supervise.services.echo import EchoEndpoint, EchoService
+from supervise.hosted import WorkerContext
+from supervise.rpc.dispatcher import BaseAPI, Target
+from supervise.rpc.server import RPCServer, ServerOptions
+from supervise.services.echo_endpoint import TOPIC, EchoEndpoint
 
 EVENTS_DIR_VARIABLE = "TEST_EVENTS_DIR"
 
@@ -169,10 +172,29 @@ class TestEndpoint(EchoEndpoint):
         return id
 
 
-class RPCTestService(EchoService):
-    """The echo service plus methods that die, fail and misbehave, for the RPC tests."""
+class RPCTestService:
+    """echo's methods plus some that die, fail and misbehave, for the RPC tests: an RPC
+    server only, with no record and no database (the RPC tests are about the messages)."""
 
-    endpoint_class = TestEndpoint
+    def __init__(self, context: WorkerContext):
+        self.cancel = context.cancel
+        conf = context.conf
+        self.server = RPCServer(
+            conf.transport,
+            Target(topic=conf.topic or TOPIC, server=conf.host),
+            [TestEndpoint(), BaseAPI("echo")],
+            ServerOptions.from_config(conf),
+        )
+
+    def start(self) -> None:
+        with self.cancel.calls(self.server.stop):
+            self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def wait(self) -> None:
+        self.server.wait()
 
 
 try:

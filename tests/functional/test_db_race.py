@@ -4,7 +4,10 @@
   race guard (create; on ServiceBinaryExists re-read by host and binary): exactly one
   live row, and no process fails;
 - 8 processes x 100 heartbeats (`service_report`) on one row: report_count is exactly 800;
-- 16 processes call `ensure_schema` at once on a new SQLite file.
+- 16 processes call `ensure_schema` at once on a new SQLite file;
+- 16 processes make the first `compute_node_update` of one host at once: one row;
+- 4 processes x 6 threads register at once, as the conductor's workers do: one row (on
+  SQLite, checking the file beside an open connection once dropped its locks).
 
 The processes are forked (multiprocessing's fork start method) from a parent that has used
 the same `Database` object, so each child also relies on the engine being disposed after
@@ -15,9 +18,10 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,21 +44,6 @@ REPORTERS, REPORTS_EACH = 8, 100
 DEADLINE = 60.0
 
 FORK = multiprocessing.get_context("fork")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'supervise.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    db = Database(database_url)
-    db.sync()
-    yield db
-    db.close()
 
 
 def _child(work: Callable[..., Any], args: tuple, barrier: Any, results: Any, index: int) -> None:
@@ -106,6 +95,12 @@ def run_at_once(count: int, work: Callable[..., Any], *args: Any) -> tuple[list[
 
 
 def register(db: Database) -> tuple[str, int]:
+    outcome = race_guard(db)
+    db.close()
+    return outcome
+
+
+def race_guard(db: Database) -> tuple[str, int]:
     """Service.start's race guard."""
     try:
         record = db.service_create({"host": HOST, "binary": BINARY, "topic": TOPIC})
@@ -114,7 +109,6 @@ def register(db: Database) -> tuple[str, int]:
         record = db.service_get_by_host_and_binary(HOST, BINARY)
         assert record is not None, "ServiceBinaryExists, yet no record to re-read"
         outcome = "re-read"
-    db.close()
     return outcome, record.id
 
 
@@ -154,6 +148,42 @@ def test_concurrent_reports_are_all_counted(database: Database) -> None:
         f"\n{database.url.get_backend_name()}: {REPORTERS} x {REPORTS_EACH} reports in "
         f"{elapsed:.3f} s ({REPORTERS * REPORTS_EACH / elapsed:.0f}/s)"
     )
+
+
+def update_compute_node(db: Database, vcpus: int) -> int:
+    node = db.compute_node_update(HOST, {"vcpus": vcpus, "memory_mb": 1024})
+    db.close()
+    return node.id
+
+
+def test_concurrent_first_compute_node_updates_leave_one_row(database: Database) -> None:
+    assert database.compute_node_get_all() == []
+    outcomes, elapsed = run_at_once(REGISTRANTS, update_compute_node, database, 8)
+    ids = set(outcomes)
+    nodes = database.compute_node_get_all()
+    assert len(ids) == 1 and [node.id for node in nodes] == list(ids)
+    assert (nodes[0].host, nodes[0].vcpus, nodes[0].memory_mb) == (HOST, 8, 1024)
+    print(f"\n{database.url.get_backend_name()}: {REGISTRANTS} first updates in {elapsed:.3f} s")
+
+
+def register_in_threads(db: Database, threads: int) -> list[tuple[str, int]]:
+    outcomes: list[tuple[str, int]] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(race_guard(db))) for _ in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(DEADLINE)
+    return outcomes
+
+
+def test_concurrent_registration_from_threads_of_several_processes(database: Database) -> None:
+    database.service_get_all()
+    outcomes, _ = run_at_once(4, register_in_threads, database, 6)
+    kinds = [kind for per_process in outcomes for kind, _ in per_process]
+    assert len(kinds) == 24 and kinds.count("created") == 1, kinds
+    assert len(database.service_get_all()) == 1
 
 
 def test_concurrent_first_start_on_a_new_sqlite_file(tmp_path: Path) -> None:

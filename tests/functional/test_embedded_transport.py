@@ -410,7 +410,8 @@ def test_workers_that_cannot_open_the_queue_file_stop_the_master_with_status_2(
     case, supervise, state_dir, url
 ):
     problem = BAD_FILES[case](state_dir)
-    sup = supervise("echo", "--workers", "2", "--transport-url", url)
+    database = f"sqlite:///{state_dir.parent / 'services.db'}"  # elsewhere: it would mkdir
+    sup = supervise("echo", "--workers", "2", "--transport-url", url, "--database-url", database)
     assert sup.wait_exit(timeout=20) == 2
     log = sup.log()
     errors = [line for line in log.splitlines() if " ERROR " in line and re.search(problem, line)]

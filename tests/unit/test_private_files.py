@@ -162,3 +162,45 @@ def test_a_symlink_of_another_user_on_the_way_is_refused(tmp_path: Path) -> None
 def test_a_file_where_the_directory_should_be_is_refused(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("")
     refused(lambda: private_files.make_state_directory(str(tmp_path / "state")), "not a directory")
+
+
+def _can_lock(path: Path) -> bool:
+    """Whether another process can take a POSIX write lock on `path` now."""
+    import fcntl
+    import multiprocessing
+
+    def child(queue) -> None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            queue.put(True)
+        except OSError:
+            queue.put(False)
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    try:
+        return queue.get(timeout=30)
+    finally:
+        process.join(30)
+
+
+def test_checking_a_file_keeps_the_locks_this_process_holds_on_it(tmp_path: Path) -> None:
+    """SQLite locks with POSIX locks, which any close() of the same file in the process
+    drops: checking a database file beside an open connection must not open it."""
+    import fcntl
+
+    path = tmp_path / "held.db"
+    private_files.create_file(str(path))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        assert not _can_lock(path)
+        private_files.check_file(str(path))
+        private_files.create_file(str(path))
+        assert not _can_lock(path), "the check dropped this process's lock"
+    finally:
+        os.close(fd)
+    assert _can_lock(path)
