@@ -433,7 +433,7 @@ def test_ttin_stops_at_the_worker_cap(supervise_master) -> None:
     master = supervise_master("idle", "--workers", str(config.MAX_WORKERS))
     master.wait_ready(config.MAX_WORKERS, timeout=120)
     master.signal(signal.SIGTTIN)
-    warning = f"SIGTTIN ignored: {config.MAX_WORKERS} workers is the most"
+    warning = f"SIGTTIN ignored: idle runs at most {config.MAX_WORKERS} workers"
     wait_until(lambda: warning in master.log(), 15, "the warning")
     master.signal(signal.SIGTTOU)  # the loop goes on: one fewer, then one more again
     wait_until(lambda: len(master.worker_pids()) == config.MAX_WORKERS - 1, 15, "one fewer")
