@@ -5,7 +5,8 @@ its ``target``) and holds its periodic tasks. The Service calls its hooks in nov
 ``init_host(service_ref)`` before the service record is written, ``pre_start_hook(ref)``
 before the RPC server starts, ``post_start_hook()`` after, ``graceful_shutdown(timeout)``
 and ``cleanup_host()`` on stop, ``reset()`` on a mutate reload. None of the hooks is an RPC
-method, even when a subclass overrides it.
+method, even when a subclass overrides it. ``service_version`` is what the Service writes
+into its record (nova's SERVICE_VERSION).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 
 from supervise.periodic import PeriodicTasks
 from supervise.rpc.dispatcher import Target
+from supervise.services.versions import SERVICE_VERSION
 
 
 class Manager(PeriodicTasks):
     _not_rpc = True  # the methods defined here are hooks, never RPC methods
 
     target = Target(version="1.0")
+    service_version: int = SERVICE_VERSION
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
 """The nova Service: a record in the services table, an RPC server, a heartbeat and periodic
 tasks, started and stopped in nova's order.
 
-start: look up the record -> ``manager.init_host(ref)`` -> create or update the record
-(race guard) -> ``manager.pre_start_hook(ref)`` -> RPC server on ``Target(topic,
+start: ``db.prepare(cancel)`` -> look up the record -> ``manager.init_host(ref)`` -> create
+(race guard) or update the record (its version, as nova's _update_service_ref) ->
+``manager.pre_start_hook(ref)`` -> RPC server on ``Target(topic,
 server=host)`` with the manager, its additional endpoints and ``baseapi`` -> consuming ->
 ``manager.post_start_hook()`` -> servicegroup join -> periodic tasks after a random delay.
 
@@ -14,6 +15,9 @@ A stop while it starts (the worker's `Cancel`) ends the start between two steps,
 interrupts the RPC server's connection attempt; stop() then undoes only the steps that ran.
 A mutate reload's ``reset(conf)`` takes the new configuration: the options read at stop time
 (``manager_shutdown_timeout``) take effect at once; the others at the next rolling reload.
+
+The records backend (``db``) is a `Database`, or anything with the same record API and a
+``prepare(cancel)``: a service without database access passes the conductor's RPC client.
 
 Better than nova: within one host, only one worker (the leader, slot 0) heartbeats and, with
 ``periodic_workers = leader``, runs the periodic tasks; nova runs them in every worker.
@@ -28,7 +32,7 @@ import random
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from supervise.config import Config
 from supervise.db import Database, ServiceBinaryExists, ServiceTopicExists
@@ -42,6 +46,18 @@ from supervise.servicegroup import ServiceGroup
 LOG = logging.getLogger(__name__)
 
 LEADER_SLOT = 0
+
+
+class RecordsBackend(Protocol):
+    """Where a Service keeps its record: `Database`, or the conductor's RPC client."""
+
+    def prepare(self, cancel: Cancel) -> None: ...
+    def service_get_by_host_and_binary(self, host: str, binary: str) -> Any: ...
+    def service_create(self, values: dict[str, Any]) -> Any: ...
+    def service_update(self, service_id: int, values: dict[str, Any]) -> Any: ...
+    def service_report(self, service_id: int) -> Any: ...
+    def service_get_all(self, host: str | None = None, binary: str | None = None) -> Any: ...
+    def service_destroy(self, service_id: int) -> None: ...
 
 
 def topic_of(binary: str) -> str:
@@ -70,7 +86,7 @@ class Service:
         *,
         conf: Config,
         leader: bool = True,
-        db: Database | None = None,
+        db: RecordsBackend | None = None,
         cancel: Cancel | None = None,
     ):
         self.host = host
@@ -83,7 +99,7 @@ class Service:
         self.periodic_fuzzy_delay = periodic_fuzzy_delay
         self.periodic_interval_max = periodic_interval_max
         self.manager = _manager_class(manager)(host=host)
-        self.db = db or Database(conf.database)
+        self.db: RecordsBackend = Database(conf.database) if db is None else db
         self.servicegroup = ServiceGroup(self.db, report_interval, conf.service_down_time)
         self.manager.service = self
         self.service_ref: Any = None
@@ -107,9 +123,11 @@ class Service:
         conf: Config,
         worker_id: int | None = None,
         cancel: Cancel | None = None,
+        db: RecordsBackend | None = None,
     ) -> Service:
         """A Service with nova's defaults; `worker_id` (the slot) picks the host's leader;
-        `cancel` (the worker context's) lets a stop end a start early."""
+        `cancel` (the worker context's) lets a stop end a start early; `db`, the records
+        backend, defaults to ``Database(conf.database)``."""
         if manager is None:
             raise ValueError("Service.create needs a manager class")
         binary = binary or os.path.basename(sys.argv[0])
@@ -130,6 +148,7 @@ class Service:
             ),
             conf=conf,
             leader=worker_id in (None, LEADER_SLOT),
+            db=db,
             cancel=cancel,
         )
 
@@ -137,8 +156,8 @@ class Service:
 
     def start(self) -> None:
         cancel = self.cancel
-        if self.db.is_sqlite:  # the embedded engine creates its schema; a server needs db sync
-            self.db.ensure_schema()
+        self.db.prepare(cancel)
+        cancel.raise_if_set()
         ref = self.db.service_get_by_host_and_binary(self.host, self.binary)
         cancel.raise_if_set()
         self.manager.init_host(ref)
@@ -164,20 +183,28 @@ class Service:
         LOG.info("%s serves topic %s on host %s", self.binary, self.topic, self.host)
 
     def _register(self, ref: Any) -> Any:
-        """The service's record, created if missing. When another process created it first
-        (the workers of one host start together), re-read it instead of failing: the guard
-        is the table's unique constraints, not a check-then-insert."""
-        if ref is not None:
-            return ref
-        try:
-            return self.db.service_create(
-                {"host": self.host, "binary": self.binary, "topic": self.topic}
-            )
-        except (ServiceBinaryExists, ServiceTopicExists):
-            ref = self.db.service_get_by_host_and_binary(self.host, self.binary)
-            if ref is None:  # the topic is taken by another binary of this host: a real error
-                raise
-            return ref
+        """The service's record, created if missing, at the manager's version. When another
+        process created it first (the workers of one host start together), re-read it
+        instead of failing: the guard is the table's unique constraints, not a
+        check-then-insert."""
+        version = self.manager.service_version
+        if ref is None:
+            try:
+                return self.db.service_create(
+                    {
+                        "host": self.host,
+                        "binary": self.binary,
+                        "topic": self.topic,
+                        "version": version,
+                    }
+                )
+            except (ServiceBinaryExists, ServiceTopicExists):
+                ref = self.db.service_get_by_host_and_binary(self.host, self.binary)
+                if ref is None:  # the topic is taken by another binary of this host
+                    raise
+        if ref.version != version:  # nova's _update_service_ref
+            ref = self.db.service_update(ref.id, {"version": version})
+        return ref
 
     def _start_periodic_tasks(self) -> None:
         delay = random.uniform(0, self.periodic_fuzzy_delay) if self.periodic_fuzzy_delay else None

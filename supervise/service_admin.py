@@ -13,7 +13,9 @@ from supervise.db import BadDatabaseURL, Database, DatabaseError
 from supervise.servicegroup import ServiceGroup
 from supervise.terminal import printable
 
-COLUMNS = ("id", "binary", "host", "topic", "status", "state", "updated_at", "forced_down")
+COLUMNS = (
+    "id", "binary", "host", "topic", "status", "state", "updated_at", "forced_down", "version",
+)  # fmt: skip
 
 
 def _row(record: Any, servicegroup: ServiceGroup) -> dict[str, Any]:
@@ -27,6 +29,7 @@ def _row(record: Any, servicegroup: ServiceGroup) -> dict[str, Any]:
         "state": "up" if servicegroup.is_up(record) else "down",
         "updated_at": updated.isoformat(sep=" ", timespec="seconds") if updated else None,
         "forced_down": bool(record.forced_down),
+        "version": record.version,
         "disabled_reason": record.disabled_reason,
     }
 

@@ -1,8 +1,9 @@
 """The services database: `Database(url)` and its service record API, with nova's semantics.
 
 One `Database` per process role, never a module-global engine. Every method opens and
-closes its own transaction and returns plain frozen `ServiceRecord`s, so callers never hold
-a session or a connection. Errors are `DatabaseError`s with one-line messages.
+closes its own transaction and returns plain frozen records (`ServiceRecord`,
+`ComputeNodeRecord`), so callers never hold a session or a connection. Errors are
+`DatabaseError`s with one-line messages.
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout; SQLAlchemy, not the
 sqlite3 module, emits BEGIN (pysqlite's own transaction handling is switched off with
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import errno
 import fcntl
 import os
@@ -31,11 +31,13 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.pool import StaticPool
@@ -57,38 +59,16 @@ from supervise.db.errors import (
     translate,
     violated_constraint,
 )
-from supervise.db.models import COLUMNS, Service, utcnow
+from supervise.db.models import COLUMNS, RESOURCES, ComputeNode, Service, utcnow
+from supervise.db.records import ComputeNodeRecord, ServiceRecord
 
 SERVICES = Service.__table__
+COMPUTE_NODES = ComputeNode.__table__
 _BEGIN = "supervise_begin"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ServiceRecord:
-    """A row of `services`, detached from any session. Times are naive UTC."""
-
-    id: int
-    uuid: str | None
-    host: str | None
-    binary: str | None
-    topic: str | None
-    report_count: int
-    disabled: bool | None
-    disabled_reason: str | None
-    last_seen_up: datetime.datetime | None
-    forced_down: bool | None
-    version: int | None
-    created_at: datetime.datetime | None
-    updated_at: datetime.datetime | None
-    deleted_at: datetime.datetime | None
-    deleted: int | None
-
-    @classmethod
-    def from_row(cls, row: sa.Row) -> ServiceRecord:
-        return cls(**row._mapping)
-
-
-assert {f.name for f in dataclasses.fields(ServiceRecord)} == set(COLUMNS)
+class Cancellable(Protocol):
+    def raise_if_set(self) -> None: ...
 
 
 # Engines alive in this process; a forked child disposes of them before anything else runs.
@@ -294,6 +274,13 @@ class Database:
             return revision  # type: ignore[return-value]
         with self._schema_lock(lock_timeout):
             return self._upgrade()
+
+    def prepare(self, cancel: Cancellable | None = None) -> None:
+        """What a Service does first with its records backend: `ensure_schema`, unless the
+        worker was told to stop meanwhile (`cancel`, the worker's hosted.Cancel)."""
+        if cancel is not None:
+            cancel.raise_if_set()
+        self.ensure_schema()
 
     def _check_revision(self, revision: str | None) -> None:
         head = migration.head()
@@ -510,3 +497,51 @@ class Database:
         with self.writing() as connection:
             if connection.execute(statement).rowcount != 1:
                 raise ServiceNotFound(service_id)
+
+    def service_get_minimum_version(self, binary: str) -> int | None:
+        """The lowest version among the live services of `binary` (not deleted, not forced
+        down), as nova's service_get_minimum_version; None when there are none."""
+        query = sa.select(sa.func.min(SERVICES.c.version)).where(
+            SERVICES.c.binary == binary,
+            SERVICES.c.deleted == 0,
+            SERVICES.c.forced_down == sa.false(),
+        )
+        with self.reading() as connection:
+            return connection.execute(query).scalar()
+
+    # -- compute nodes ----------------------------------------------------------------------
+
+    def compute_node_update(self, host: str, values: Mapping[str, Any]) -> ComputeNodeRecord:
+        """Set the resources of `host`'s live compute node, creating it if missing (absent
+        resources start at 0); return it. One ``INSERT ... ON CONFLICT (host, deleted) DO
+        UPDATE`` on both SQLite and PostgreSQL: two first updates at once leave one row."""
+        unknown = set(values) - set(RESOURCES)
+        if unknown:
+            raise ValueError(f"not resources of compute_nodes: {', '.join(sorted(unknown))}")
+        with self.writing() as connection:
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite_dialect
+            statement = (
+                dialect.insert(COMPUTE_NODES)
+                .values(host=host, **values)
+                .on_conflict_do_update(
+                    index_elements=[COMPUTE_NODES.c.host, COMPUTE_NODES.c.deleted],
+                    set_={**values, "updated_at": utcnow()},
+                )
+                .returning(*COMPUTE_NODES.c)
+            )
+            return ComputeNodeRecord.from_row(connection.execute(statement).one())
+
+    def compute_node_get_by_host(self, host: str) -> ComputeNodeRecord | None:
+        query = sa.select(COMPUTE_NODES).where(
+            COMPUTE_NODES.c.host == host, COMPUTE_NODES.c.deleted == 0
+        )
+        with self.reading() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else ComputeNodeRecord.from_row(row)
+
+    def compute_node_get_all(self) -> list[ComputeNodeRecord]:
+        """The live compute nodes, by id."""
+        live = COMPUTE_NODES.c.deleted == 0
+        query = sa.select(COMPUTE_NODES).where(live).order_by(COMPUTE_NODES.c.id)
+        with self.reading() as connection:
+            return [ComputeNodeRecord.from_row(row) for row in connection.execute(query)]

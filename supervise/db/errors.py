@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 
 UNIQUE_HOST_BINARY = "uniq_services0host0binary0deleted"
 UNIQUE_HOST_TOPIC = "uniq_services0host0topic0deleted"
+UNIQUE_COMPUTE_HOST = "uniq_compute_nodes0host0deleted"
 
 
 class DatabaseError(Exception):

@@ -1,9 +1,9 @@
 """Reference services in nova's shape: ``nova-conductor``, ``nova-scheduler``, ``nova-compute``.
 
 Each is a `Service` with a manager of its own: a record in the services table, an RPC
-server on its topic, a heartbeat and periodic tasks. They do no cloud work; they show the
-shape and give the supervisor something real to run:
-``supervise --workers 4 nova-conductor``.
+server on its topic, a heartbeat and periodic tasks. The conductor (its manager in
+supervise/services/conductor.py) is the database front: ``supervise --workers 4
+nova-conductor``.
 """
 
 from __future__ import annotations
@@ -18,32 +18,9 @@ from supervise.manager import Manager
 from supervise.periodic import periodic_task
 from supervise.rpc.dispatcher import Target
 from supervise.service import Service
+from supervise.services.conductor import ConductorManager
 
 LOG = logging.getLogger(__name__)
-
-
-class ConductorManager(Manager):
-    target = Target(version="3.0")
-
-    def __init__(self, host: str | None = None, **kwargs: Any):
-        super().__init__(host=host, service_name="conductor", **kwargs)
-        self.calls = 0
-
-    def echo(self, context: dict, payload: Any) -> Any:
-        self.calls += 1
-        return payload
-
-    def sleep(self, context: dict, ms: float) -> float:
-        self.calls += 1
-        time.sleep(ms / 1000)
-        return ms
-
-    def pid(self, context: dict) -> int:
-        return os.getpid()
-
-    @periodic_task(spacing=60)
-    def _log_activity(self, context: dict) -> None:
-        LOG.info("conductor on %s answered %d calls so far", self.host, self.calls)
 
 
 class SchedulerManager(Manager):

@@ -21,6 +21,7 @@ import pytest
 
 from supervise import config
 from supervise.db import Database
+from supervise.services.versions import SERVICE_VERSION
 from tests.functional.conftest import ROOT, each_transport, wait_until
 
 TIMEOUT = 30.0
@@ -339,7 +340,7 @@ def test_service_list_on_a_database_no_service_has_used(tmp_path: Path) -> None:
     listing = supervise(["service", "list", "--state-dir", str(state)], tmp_path)
     assert (listing.returncode, listing.stderr) == (0, "")
     assert listing.stdout.split() == list(
-        ("id", "binary", "host", "topic", "status", "state", "updated_at", "forced_down")
+        ("id", "binary", "host", "topic", "status", "state", "updated_at", "forced_down", "version")
     )
     # a database file with other tables but not the services table
     with sqlite3.connect(state / "supervise.db") as db:
@@ -411,11 +412,16 @@ def test_a_master_runs_and_stops_with_every_option_at_its_maximum(
     master.wait_ready(2, timeout=30)
     call = [
         "call", "--transport-url", transport_url, "--server", HOST, "--api-version", "3.0",
-        "--timeout", f"{MAXIMA['rpc_response_timeout']:g}", "conductor", "echo",
+        "--timeout", f"{MAXIMA['rpc_response_timeout']:g}", "conductor", "service_get_all",
     ]  # fmt: skip
-    assert cli(tmp_path, *call, "payload=1").stdout == "1\n"
+
+    def hosts() -> list[str]:
+        return [r["host"] for r in json.loads(cli(tmp_path, *call, f"host={HOST}").stdout)]
+
+    assert hosts() == [HOST]
     listing = cli(tmp_path, "service", "list", "--json", "--state-dir", str(state))
-    assert [(r["host"], r["state"]) for r in json.loads(listing.stdout)] == [(HOST, "up")]
+    rows = [(r["host"], r["state"], r["version"]) for r in json.loads(listing.stdout)]
+    assert rows == [(HOST, "up", SERVICE_VERSION)]
 
     master.signal(signal.SIGHUP)  # a rolling reload, reload_batch at its maximum
     wait_until(lambda: "generation 2 serves" in master.log(), 30, "the reload")
@@ -433,7 +439,7 @@ def test_a_master_runs_and_stops_with_every_option_at_its_maximum(
         15,
         "the long back-off",
     )
-    assert cli(tmp_path, *call, "payload=2").stdout == "2\n"  # the other worker serves
+    assert hosts() == [HOST]  # the other worker serves
 
     master.signal(signal.SIGTERM)  # the drain deadline is graceful_shutdown_timeout's maximum
     assert master.wait_exit(30) == 0, master.log()

@@ -16,6 +16,7 @@ from supervise.rpc.client import RPCClient
 from supervise.rpc.dispatcher import Target
 from supervise.rpc.wire import RemoteError
 from supervise.service import Service
+from supervise.services.versions import SERVICE_VERSION
 from tests.functional.conftest import wait_until
 from tests.functional.nova_services import HookRecorder
 from tests.functional.services import EVENTS_DIR_VARIABLE
@@ -142,9 +143,9 @@ def test_service_commands_list_and_change_records(run_hooks, tmp_path):
         what="a heartbeat",
     )
     listing = json.loads(service_command(url, "list", "--json").stdout)
-    fields = ("binary", "host", "status", "state", "forced_down")
+    fields = ("binary", "host", "status", "state", "forced_down", "version")
     assert [tuple(r[f] for f in fields) for r in listing] == [
-        ("nova-hooks", "hosta", "enabled", "up", False)
+        ("nova-hooks", "hosta", "enabled", "up", False, SERVICE_VERSION)
     ]
     done = service_command(url, "disable", "hosta", "nova-hooks", "--reason", "maintenance")
     assert done.returncode == 0 and "disabled" in done.stdout
@@ -155,7 +156,8 @@ def test_service_commands_list_and_change_records(run_hooks, tmp_path):
     assert done.returncode == 0 and "enabled" in done.stdout
     table = service_command(url, "list", "--binary", "nova-hooks").stdout.splitlines()
     assert table[0].split() == ["id", "binary", "host", "topic", "status", "state",
-                                "updated_at", "forced_down"]  # fmt: skip
+                                "updated_at", "forced_down", "version"]  # fmt: skip
+    assert table[1].split()[-1] == str(SERVICE_VERSION)
     done = service_command(url, "delete", "hosta", "nova-hooks")
     assert done.returncode == 0
     assert json.loads(service_command(url, "list", "--json").stdout) == []
@@ -204,7 +206,9 @@ def test_reference_services_conductor_scheduler_compute(supervise, rabbit_url, t
     def client(topic: str, version: str) -> RPCClient:
         return RPCClient(messenger, Target(topic=topic, version=version), timeout=10)
 
-    assert client("conductor", "3.0").call({}, "echo", payload=[1]) == [1]
+    conductor = client("conductor", "3.0").call({}, "service_get_by_host_and_binary",
+                                                host="ctl", binary="nova-conductor")  # fmt: skip
+    assert (conductor["topic"], conductor["version"]) == ("conductor", SERVICE_VERSION)
     assert client("compute", "6.0").prepare(server="cmp2").call({}, "get_host_uptime") >= 0
     wait_until(
         lambda: (

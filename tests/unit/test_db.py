@@ -325,7 +325,7 @@ def test_sync_upgrades_an_empty_file_and_is_idempotent(db_path: Path) -> None:
     with database.reading() as connection:
         tables = set(sa.inspect(connection).get_table_names())
         journal = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
-    assert tables == {"alembic_version", "services"}
+    assert tables == {"alembic_version", "services", "compute_nodes"}
     assert journal == "wal"
     database.close()
 
@@ -376,7 +376,7 @@ def test_an_unsynced_database_says_to_run_db_sync(db_path: Path) -> None:
 
 def test_the_migration_scripts_need_no_alembic_ini() -> None:
     assert os.path.isfile(os.path.join(migration.MIGRATIONS_DIR, "env.py"))
-    assert migration.head() == "5a7c0d1e2f34"
+    assert migration.head() == "8c2e4b6d9f10"
     assert not any(name.endswith(".ini") for name in os.listdir(migration.MIGRATIONS_DIR))
 
 
@@ -577,7 +577,7 @@ def test_db_sync_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     conf = Config(state_dir=str(tmp_path / "state"))
     assert cli.main(conf) == 0
     first = capsys.readouterr().out
-    assert "upgraded from schema revision (empty) to 5a7c0d1e2f34" in first
+    assert "upgraded from schema revision (empty) to 8c2e4b6d9f10" in first
     assert str(tmp_path / "state" / "supervise.db") in first
     assert cli.main(conf) == 0
     assert "already current" in capsys.readouterr().out
