@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from supervise import config, exitcodes, hosted, logs, master, private_files
+from supervise import config, exitcodes, hosted, logs, master, private_files, worker_policy
 from supervise.config import ConfigError
 from supervise.rpc.transport_url import BadTransportURL
 from supervise.systemd import Notifier
@@ -271,6 +271,16 @@ def _load_config(namespace: argparse.Namespace) -> config.Config:
     return config.load(_parse_flags(namespace), namespace.config_file)
 
 
+def _load_run_config(
+    policy: worker_policy.WorkerPolicy, service: str, flags: dict[str, Any], files: list[str]
+) -> config.Config:
+    """The configuration of `run`, at start and at each reload: the service's worker policy
+    gives the default worker count and refuses more than its maximum."""
+    conf = config.load(flags, files, defaults=policy.defaults())
+    policy.check(service, conf.workers)
+    return conf
+
+
 def _make_state_dir(conf: config.Config) -> None:
     """The default queue and database files live in the state directory: create it (private
     to this user) on first start, so that `supervise --workers 4 nova-conductor` needs no
@@ -282,16 +292,20 @@ def _make_state_dir(conf: config.Config) -> None:
 
 
 def _run(namespace: argparse.Namespace) -> int:
-    load_config = functools.partial(config.load, _parse_flags(namespace), namespace.config_file)
-    conf = load_config()
+    flags = _parse_flags(namespace)
     service = hosted.resolve(namespace.service)
+    policy = worker_policy.of(service)
+    load_config = functools.partial(
+        _load_run_config, policy, service.name, flags, namespace.config_file
+    )
+    conf = load_config()
     _make_state_dir(conf)
     try:
         logs.setup(conf.log_level, conf.log_file)
     except OSError as error:
         raise ConfigError(f"cannot open log file {conf.log_file}: {error.strerror}") from None
     notifier = Notifier.from_environment()
-    supervisor = master.Master(conf, service, load_config, notifier)
+    supervisor = master.Master(conf, service, load_config, notifier, policy)
     try:
         return supervisor.run()
     except Exception:

@@ -433,12 +433,15 @@ def load(
     flags: Mapping[str, Any],
     config_files: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Config:
     """Merge every source into a Config. `flags` holds only the options given on the command
-    line, already parsed. Raises ConfigError with a one-line message."""
+    line, already parsed; `defaults` replace built-in defaults (a service's own, such as its
+    worker count). Raises ConfigError with a one-line message."""
     environ = os.environ if environ is None else environ
     files = config_files_from(environ, config_files)
-    values = read_config_files(files)
+    values = dict(defaults or {})
+    values.update(read_config_files(files))
     values.update(read_environment(environ))
     values.update(flags)
     return Config(**values, config_file=files)

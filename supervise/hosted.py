@@ -17,6 +17,7 @@ it gives up early (raising `Cancelled`), and the worker then stops what did star
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -122,14 +123,29 @@ def registered_services() -> dict[str, str]:
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _own_services() -> dict[str, str]:
-    """The services supervise itself registers: reading one distribution's entry points
-    costs far less at start than reading every installed one's."""
+@functools.cache
+def _own_entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+    """The entry points supervise itself declares: reading one distribution's costs far less
+    at start than reading every installed one's."""
     try:
-        entry_points = importlib.metadata.distribution("supervise").entry_points
+        return tuple(importlib.metadata.distribution("supervise").entry_points)
     except importlib.metadata.PackageNotFoundError:
-        return {}
-    return {ep.name: ep.value for ep in entry_points if ep.group == ENTRY_POINT_GROUP}
+        return ()
+
+
+def _own_services() -> dict[str, str]:
+    return {ep.name: ep.value for ep in _own_entry_points() if ep.group == ENTRY_POINT_GROUP}
+
+
+def find_entry_point(group: str, name: str) -> importlib.metadata.EntryPoint | None:
+    """The entry point `name` of `group`: supervise's own first, then other packages'
+    (read only for a name supervise does not register as a service)."""
+    for entry_point in _own_entry_points():
+        if entry_point.group == group and entry_point.name == name:
+            return entry_point
+    if ":" in name or name in _own_services():
+        return None
+    return next(iter(importlib.metadata.entry_points(group=group, name=name)), None)
 
 
 def resolve(name: str) -> ServiceRef:

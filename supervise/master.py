@@ -30,8 +30,8 @@ from typing import Any
 
 import setproctitle
 
-from supervise import cgroup, channel, exitcodes, hosted, leftovers, logs, worker
-from supervise.config import MAX_WORKERS, Config, ConfigError
+from supervise import cgroup, channel, exitcodes, hosted, leftovers, logs, worker, worker_policy
+from supervise.config import Config, ConfigError
 from supervise.systemd import Notifier
 from supervise.wakeup import Wakeup
 
@@ -101,8 +101,10 @@ class Master:
         service: hosted.ServiceRef,
         reload_config: Callable[[], Config],
         notifier: Notifier,
+        policy: worker_policy.WorkerPolicy = worker_policy.ANY_WORKERS,
     ):
         self.conf = conf
+        self.policy = policy  # the service's own: SIGTTIN stops at its maximum
         self.service = service
         self.reload_config = reload_config
         self.notifier = notifier
@@ -205,8 +207,10 @@ class Master:
                 self._fast_stop()
             elif signum == signal.SIGHUP:
                 self._reload()
-            elif signum == signal.SIGTTIN and len(self.slots) >= MAX_WORKERS:
-                LOG.warning("SIGTTIN ignored: %d workers is the most", MAX_WORKERS)
+            elif signum == signal.SIGTTIN and len(self.slots) >= self.policy.max_workers:
+                LOG.warning(
+                    "SIGTTIN ignored: %s runs at most %s", self.service.name, self.policy.most()
+                )
             elif signum == signal.SIGTTIN:
                 self._resize(len(self.slots) + 1)
             elif signum == signal.SIGTTOU:

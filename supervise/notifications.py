@@ -154,6 +154,11 @@ class NotifyingRecords:
             self._notifier.notify(UPDATE, record)
         return record
 
+    def close(self) -> None:
+        """Send what is in flight (bounded), then close the backend."""
+        self._notifier.close()
+        self._records.close()
+
     def service_destroy(self, service_id: int) -> None:
         # The payload is the record as it was: read it first (the record API reads by
         # host and binary or all, not by id).

@@ -58,6 +58,7 @@ class RecordsBackend(Protocol):
     def service_report(self, service_id: int) -> Any: ...
     def service_get_all(self, host: str | None = None, binary: str | None = None) -> Any: ...
     def service_destroy(self, service_id: int) -> None: ...
+    def close(self) -> None: ...
 
 
 def topic_of(binary: str) -> str:
@@ -222,6 +223,10 @@ class Service:
 
     def stop(self) -> None:
         """Stop what started, in nova's order; after a cancelled start, only that part."""
+        self._stop_serving()
+        self.db.close()
+
+    def _stop_serving(self) -> None:
         self._shutting_down = True
         if self.rpcserver is not None:
             self.rpcserver.stop()
@@ -251,9 +256,10 @@ class Service:
 
     def kill(self) -> None:
         """Stop, and delete the service's record (soft delete: it can register again)."""
-        self.stop()
+        self._stop_serving()
         if self.service_ref is not None:
             self.db.service_destroy(self.service_ref.id)
+        self.db.close()
 
 
 def _bounded(work: Callable[[], None], timeout: float, what: str) -> None:

@@ -78,8 +78,18 @@ class NotifyListener:
         self.sock.close()
 
 
+PYTHON_M_SUPERVISE = (sys.executable, "-m", "supervise")
+
+
 class Supervisor:
-    def __init__(self, workdir: Path, service: str, args: list[str], env: dict[str, str]):
+    def __init__(
+        self,
+        workdir: Path,
+        service: str,
+        args: list[str],
+        env: dict[str, str],
+        program: tuple[str, ...] = PYTHON_M_SUPERVISE,
+    ):
         self.workdir = workdir
         self.notify = NotifyListener()
         self.log_path = workdir / "supervise.log"
@@ -92,7 +102,7 @@ class Supervisor:
         )
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "supervise", *args, service],
+                [*program, *args, service],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -238,7 +248,8 @@ def messenger(transport_url: str) -> Iterator[Messenger]:
 
 @pytest.fixture
 def supervise(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
-    """Start a master: ``supervise("tests.functional.services:Recorder", "--workers", "4")``."""
+    """Start a master: ``supervise("tests.functional.services:Recorder", "--workers", "4")``;
+    `program` replaces ``python -m supervise`` (the console script, a wrapper)."""
     started: list[Supervisor] = []
 
     def start(
@@ -246,12 +257,13 @@ def supervise(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
         *args: str,
         env: dict[str, str] | None = None,
         behaviours: dict[str, str] | None = None,
+        program: tuple[str, ...] = PYTHON_M_SUPERVISE,
     ) -> Supervisor:
         workdir = tmp_path / f"run{len(started)}"
         workdir.mkdir()
         for name, value in (behaviours or {}).items():
             (workdir / name).write_text(value)
-        supervisor = Supervisor(workdir, service, list(args), env or {})
+        supervisor = Supervisor(workdir, service, list(args), env or {}, program)
         started.append(supervisor)
         return supervisor
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +19,15 @@ from supervise.rpc.client import RPCClient
 class Load:
     """Callers that call `sleep(ms)` in a loop and count what happens. With ``recorded``,
     each call is ``record(id, ms)`` with an id of its own, which the test service writes to
-    its ``handled`` file; `casters` threads cast such ids too."""
+    its ``handled`` file; `casters` threads cast such ids too. With ``call``, each call is
+    ``call(client)``, which raises if the outcome is wrong."""
 
     client: RPCClient
     callers: int = 8
     ms: int = 20
     recorded: bool = False
     casters: int = 0
+    call: Callable[[RPCClient], None] | None = None
     succeeded: int = 0
     failures: list[str] = field(default_factory=list)
     called_ids: list[str] = field(default_factory=list)
@@ -34,6 +36,9 @@ class Load:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _call(self) -> None:
+        if self.call is not None:
+            self.call(self.client)
+            return
         if not self.recorded:
             assert self.client.call({}, "sleep", ms=self.ms) == self.ms
             return

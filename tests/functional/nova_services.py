@@ -1,4 +1,4 @@
-"""A nova Service for the functional tests (kept apart: it imports SQLAlchemy and Alembic,
+"""nova Services for the functional tests (kept apart: it imports SQLAlchemy and Alembic,
 which would slow down every worker of the lighter test services)."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from supervise.manager import Manager
 from supervise.periodic import periodic_task
 from supervise.rpc.dispatcher import Target
 from supervise.service import Service
+from supervise.services.compute import ComputeManager
+from supervise.services.conductor_api import ConductorAPI
+from supervise.services.versions import OLDEST_SUPPORTED_COMPUTE_VERSION
 from tests.functional.services import behaviour, record
 
 
@@ -62,4 +65,21 @@ def hook_service(context):
         conf=context.conf,
         worker_id=context.worker_id,
         cancel=context.cancel,
+    )
+
+
+class OldComputeManager(ComputeManager):
+    """A nova-compute of a version the conductor no longer supports."""
+
+    service_version = OLDEST_SUPPORTED_COMPUTE_VERSION - 1
+
+
+def old_compute(context):
+    return Service.create(
+        binary="nova-compute",
+        manager=OldComputeManager,
+        conf=context.conf,
+        worker_id=context.worker_id,
+        cancel=context.cancel,
+        db=ConductorAPI(context.conf),
     )

@@ -85,6 +85,7 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str
     return line
 
 
+COMPUTE_POLICY = ["nova-compute runs at most one worker", "one process per host"]
 # (id, arguments, extra environment, fragments the message must contain)
 BAD_INPUT = [
     ("no-arguments", [], {}, ["SERVICE"]),
@@ -151,6 +152,9 @@ BAD_INPUT = [
     ("amqp-heartbeat-under-1s", ["--heartbeat-timeout-threshold", "0.5", "idle"], {}, ["0.5"]),
     ("call-timeout-past-7-days", ["call", "--timeout", "1e9", "t", "m"], {}, ["--timeout"]),
     ("host-with-escape-codes", ["--host", "h\x1b[2J", "idle"], {}, ["host", "\\x1b"]),
+    # nova-compute's worker policy: one process per host
+    ("compute-workers-2", ["--workers", "2", "nova-compute"], {}, [*COMPUTE_POLICY, "= 2"]),
+    ("compute-workers-env", ["nova-compute"], {"SUPERVISE_WORKERS": "3"}, COMPUTE_POLICY),
 ]
 
 
@@ -170,6 +174,13 @@ def test_bad_value_in_config_file(tmp_path: Path) -> None:
     path.write_text("[DEFAULT]\ntransport_url = rabbit://u:p@h:5672/\n[supervise]\nworkers = 0\n")
     result = supervise(["--config-file", str(path), "idle"], tmp_path)
     assert_usage_error(result, str(path), "workers")
+
+
+def test_worker_policy_applies_to_config_files(tmp_path: Path) -> None:
+    path = tmp_path / "nova.conf"
+    path.write_text("[DEFAULT]\nworkers = 4\n")
+    result = supervise(["--config-file", str(path), "nova-compute"], tmp_path)
+    assert_usage_error(result, *COMPUTE_POLICY, "= 4")
 
 
 def test_unknown_option_in_config_file(tmp_path: Path) -> None:
@@ -439,7 +450,7 @@ def test_ttin_stops_at_the_worker_cap(supervise_master) -> None:
     master = supervise_master("idle", "--workers", str(config.MAX_WORKERS))
     master.wait_ready(config.MAX_WORKERS, timeout=120)
     master.signal(signal.SIGTTIN)
-    warning = f"SIGTTIN ignored: {config.MAX_WORKERS} workers is the most"
+    warning = f"SIGTTIN ignored: idle runs at most {config.MAX_WORKERS} workers"
     wait_until(lambda: warning in master.log(), 15, "the warning")
     master.signal(signal.SIGTTOU)  # the loop goes on: one fewer, then one more again
     wait_until(lambda: len(master.worker_pids()) == config.MAX_WORKERS - 1, 15, "one fewer")
