@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import kombu
 import pytest
 
 from supervise.db import ComputeNodeRecord, Database, ServiceRecord
 from supervise.rpc.client import Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
+from supervise.rpc.transport_url import kombu_urls
 from supervise.rpc.wire import RemoteError
 from supervise.services.versions import OLDEST_SUPPORTED_COMPUTE_VERSION, SERVICE_VERSION
 from tests.functional.conftest import Supervisor, each_transport, wait_until
+from tests.functional.test_notifications import inner, take
 from tests.pg import PostgresServer
 
 HOST = "ctl"
@@ -299,3 +303,45 @@ def test_a_nova_service_takes_its_own_topic(supervise, rabbit_url, sqlite_url, a
     )  # fmt: skip
     sup.wait_ready(1, timeout=60)
     assert [r["topic"] for r in api.call({}, "service_get_all")] == ["conductor"]
+
+
+@each_transport
+def test_the_conductor_notifies_the_records_it_writes(
+    supervise, transport_url, sqlite_url, api
+) -> None:
+    """With `[oslo_messaging_notifications] driver = messagingv2`, the conductor sends nova's
+    service.create for its own record and for one it creates for a compute, service.update
+    for a disable, and service.delete; never for a heartbeat."""
+    topic = f"notify_{uuid.uuid4().hex[:12]}"
+    sup = supervise(
+        "nova-conductor", "--workers", "1", "--host", HOST, "--transport-url", transport_url,
+        "--database-url", sqlite_url, "--report-interval", "0.2",
+        "--notification-driver", "messagingv2", "--notification-topics", topic,
+    )  # fmt: skip
+    sup.wait_ready(1, timeout=60)
+    created = api.call({}, "service_create", values={**COMPUTE, "version": SERVICE_VERSION})
+    api.call({}, "service_report", service_id=created["id"])
+    api.call({}, "service_update", service_id=created["id"], values={"disabled": True})
+    api.call({}, "service_destroy", service_id=created["id"])
+    messages = [inner(body) for body in take(transport_url, f"{topic}.info", 4)]
+    seen = [
+        (m["event_type"], m["publisher_id"], m["payload"]["nova_object.data"]["disabled"])
+        for m in messages
+    ]
+    assert seen == [
+        ("service.create", f"nova-conductor:{HOST}", False),
+        ("service.create", "nova-compute:cmp1", False),
+        ("service.update", "nova-compute:cmp1", True),
+        ("service.delete", "nova-compute:cmp1", True),
+    ]
+    report_count = Database(sqlite_url).service_get_by_host_and_binary(HOST, "nova-conductor")
+    wait_until(
+        lambda: (
+            Database(sqlite_url).service_get_by_host_and_binary(HOST, "nova-conductor").report_count
+            > report_count.report_count + 2
+        ),
+        what="the conductor's own heartbeats",
+    )
+    with kombu.Connection(kombu_urls(transport_url)) as conn:  # heartbeats sent nothing
+        assert conn.channel().basic_get(f"{topic}.info", no_ack=True) is None
+    assert_served_cleanly(sup, sup.worker_pids())
