@@ -39,6 +39,7 @@ COMPUTES = ("cmp1", "cmp2")
 FITS = {"vcpus": 1, "memory_mb": 16, "disk_gb": 0}
 FITS_NOWHERE = {"vcpus": 1, "memory_mb": 1 << 30, "disk_gb": 0}  # a petabyte of RAM
 OUTAGE = 10.0
+RECOVERY_LINE = "reporting service state to the database again"
 HEARTBEAT_WARNING = "cannot report service state"
 
 
@@ -270,12 +271,13 @@ def check_a_conductor_outage(
             (time.monotonic() - back) / REPORT_INTERVAL + 2
         )
     for host, sup in computes.items():
+        # the database has the report before its reply reaches the compute and its log
+        wait_until(lambda s=sup: RECOVERY_LINE in s.log(), 10, "the recovery line")
         log = sup.log()
         assert sup.worker_pids() == compute_pids[host]  # no compute died
         assert log.count(HEARTBEAT_WARNING) == 1, log
         warnings = [line for line in log.splitlines() if " WARNING " in line]
         assert [line for line in warnings if "again" not in line] == warnings[:1], log
-        assert "reporting service state to the database again" in log
         wait_until(lambda s=sup, h=host: f"reporting the resources of host {h} again" in s.log())
         assert "Traceback" not in log
 
