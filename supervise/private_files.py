@@ -146,15 +146,34 @@ def _check_open_file(fd: int, path: str, tighten: bool) -> None:
     if mode & _OTHERS_WRITE:
         raise UnsafePath(f"{path} is writable by group or others (mode {mode:04o}): refusing it")
     if tighten and mode & _OTHERS_ANY:
-        os.fchmod(fd, PRIVATE_FILE)
+        os.chmod(f"/proc/self/fd/{fd}", PRIVATE_FILE)  # fchmod refuses an O_PATH descriptor
 
 
 def check_file(path: str) -> None:
-    """If `path` exists, the checks of `open_file` (SQLite opens its -wal and -shm itself)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.close(open_file(path, os.O_RDONLY, create=False))
+    """If `path` exists, the checks of `open_file` (SQLite opens its -wal and -shm itself).
+
+    The file is looked at through an ``O_PATH`` descriptor: closing a descriptor opened for
+    reading or writing releases every POSIX lock this process holds on the file, those
+    SQLite holds for the process's other connections to it included; then the next process
+    to close its connection takes itself for the last one and deletes the write-ahead log
+    this process still uses. Closing an ``O_PATH`` descriptor releases nothing."""
+    check_directory(os.path.dirname(os.path.abspath(path)))
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise UnsafePath(f"{path} is a symlink: refusing to follow it")
+        _check_open_file(fd, path, tighten=True)
+    finally:
+        os.close(fd)
 
 
 def create_file(path: str) -> None:
-    """Make sure the private file `path` exists (a file another program opens by name)."""
-    os.close(open_file(path))
+    """Make sure the private file `path` exists (a file another program opens by name);
+    created without being opened, and checked as `check_file` does, for the same reason."""
+    check_directory(os.path.dirname(os.path.abspath(path)))
+    with contextlib.suppress(FileExistsError):  # mknod never follows a symlink
+        os.mknod(path, stat.S_IFREG | PRIVATE_FILE)
+    check_file(path)

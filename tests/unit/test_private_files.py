@@ -4,8 +4,11 @@ without root they skip, under CI they fail)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,6 +133,32 @@ def test_what_is_not_a_regular_file_is_refused_without_hanging(tmp_path: Path) -
     fifo = tmp_path / "queue.db"
     os.mkfifo(fifo, 0o600)
     refused(lambda: private_files.create_file(str(fifo)), "not a regular file")
+
+
+def locked_by_another_process(path: Path) -> bool:
+    """Whether a process of its own fails to take a write lock on `path` at once."""
+    probe = (
+        "import fcntl, sys\n"
+        "with open(sys.argv[1], 'r+b') as f:\n"
+        "    try:\n"
+        "        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    except OSError:\n"
+        "        sys.exit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], timeout=30)
+    return done.returncode == 1
+
+
+def test_checking_a_file_keeps_the_locks_this_process_holds_on_it(tmp_path: Path) -> None:
+    """SQLite's locks: a check that closed a descriptor of the file would release them all."""
+    path = tmp_path / "queue.db"
+    path.write_bytes(b"")
+    with open(path, "r+b") as held:
+        fcntl.lockf(held, fcntl.LOCK_SH)
+        assert locked_by_another_process(path)
+        private_files.check_file(str(path))
+        private_files.create_file(str(path))
+        assert locked_by_another_process(path)
 
 
 def test_a_missing_companion_file_is_fine(tmp_path: Path) -> None:
