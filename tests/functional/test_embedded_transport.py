@@ -183,6 +183,31 @@ def test_a_publisher_that_declared_nothing_reaches_a_queue_bound_by_another_proc
     assert rows(url, "SELECT count(*) FROM messages") == [(0,)]
 
 
+def test_a_process_with_two_connections_still_receives_after_every_other_process_left(peers, url):
+    """Each connection's open checks the file: those checks must not release the POSIX
+    locks SQLite holds for this process's first connection. Without them, the next process
+    to close believes it is the file's last user and deletes the write-ahead log this process
+    still reads: it never sees a message again (a compute after a conductor restart)."""
+    received: list[str] = []
+    with kombu.Connection(url) as consuming, kombu.Connection(url) as other:
+        queue = kombu.Queue("q", kombu.Exchange(EXCHANGE, type="topic"), routing_key="q")
+        consumer = kombu.Consumer(
+            consuming.channel(), [queue], on_message=lambda m: received.append(m.body.decode())
+        )
+        consumer.consume()
+        other.connect()  # a second connection of this process, as a compute's server has
+        for count in (1, 2):
+            peers.publish(EXCHANGE, "q", 1)  # a process that comes, publishes and goes
+
+            def delivered(count=count) -> bool:
+                with contextlib.suppress(TimeoutError):
+                    consuming.drain_events(timeout=0.1)
+                return len(received) == count
+
+            wait_until(delivered, 5, f"message {count} to reach the process")
+    assert received == ["0", "0"]
+
+
 # ----- one process ------------------------------------------------------------------------
 
 

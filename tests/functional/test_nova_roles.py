@@ -171,21 +171,6 @@ def test_conductor_scheduler_and_two_computes(supervise, deployment):
     assert_no_database_file(deployment)
 
 
-EMBEDDED_OUTAGE_BUG = (
-    "local:// transport: after the conductor's master is replaced, a client that called it "
-    "before and during the outage, in a process that also has a server connection of its own "
-    "(a compute), gets no reply any more; a new process does"
-)
-
-
-@pytest.mark.parametrize(
-    "deployment",
-    [
-        pytest.param("embedded", marks=pytest.mark.xfail(reason=EMBEDDED_OUTAGE_BUG)),
-        "rabbit-postgres",
-    ],
-    indirect=True,
-)
 def test_a_conductor_outage_kills_no_compute_and_reports_resume(supervise, deployment):
     start_conductor, conductor, _, computes = start_roles(supervise, deployment)
     compute_pids = {host: sup.worker_pids() for host, sup in computes.items()}

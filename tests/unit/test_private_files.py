@@ -4,6 +4,7 @@ without root they skip, under CI they fail)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -166,7 +167,6 @@ def test_a_file_where_the_directory_should_be_is_refused(tmp_path: Path) -> None
 
 def _can_lock(path: Path) -> bool:
     """Whether another process can take a POSIX write lock on `path` now."""
-    import fcntl
     import multiprocessing
 
     def child(queue) -> None:
@@ -190,8 +190,6 @@ def _can_lock(path: Path) -> bool:
 def test_checking_a_file_keeps_the_locks_this_process_holds_on_it(tmp_path: Path) -> None:
     """SQLite locks with POSIX locks, which any close() of the same file in the process
     drops: checking a database file beside an open connection must not open it."""
-    import fcntl
-
     path = tmp_path / "held.db"
     private_files.create_file(str(path))
     fd = os.open(path, os.O_RDWR)
