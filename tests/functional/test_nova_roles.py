@@ -268,9 +268,10 @@ def check_a_conductor_outage(
 
 
 def check_a_compute_too_old(deployment: Deployment, supervise) -> None:
-    # a compute too old for the conductor refuses to start: exit 2, one line
+    # a compute too old for the conductor refuses to start: exit 2, one line (one worker, as
+    # a compute runs: named as module:attribute, the test's compute has no worker policy)
     old = supervise(
-        "tests.functional.nova_services:old_compute", "--host", "old1",
+        "tests.functional.nova_services:old_compute", "--host", "old1", "--workers", "1",
         *deployment.role("old1"), *FAST,
     )  # fmt: skip
     assert old.wait_exit(30) == 2
