@@ -74,6 +74,23 @@ def run(spec: WorkerSpec, link: socket.socket, inherited: list[Closable]) -> NoR
         os._exit(code)
 
 
+def _start_failed(name: str, error: BaseException) -> int:
+    """Log a failed start and return the worker's exit status. A database error's message is
+    one line meant for an operator: it is logged as such, without a traceback. A schema the
+    operator must sync first ends the service (no restart fixes it); an unreachable database
+    may come back, so the master restarts the worker with back-off."""
+    from supervise.db import DatabaseError, SchemaError  # imported already by a service using it
+
+    if isinstance(error, SchemaError):
+        LOG.error("service %s cannot start: %s", name, error)
+        return exitcodes.WORKER_LOAD_FAILED
+    if isinstance(error, DatabaseError):
+        LOG.error("service %s failed to start: %s", name, error)
+        return exitcodes.FAILED
+    LOG.error("service %s failed to start", name, exc_info=error)
+    return exitcodes.FAILED
+
+
 def _set_parent_death_signal(signum: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
@@ -294,8 +311,7 @@ class Worker:
             LOG.error("service %s cannot start: %s", name, error)
             self._exit_code = exitcodes.WORKER_LOAD_FAILED
         else:
-            LOG.error("service %s failed to start", name, exc_info=error)
-            self._exit_code = exitcodes.FAILED
+            self._exit_code = _start_failed(name, error)
 
     def _on_reset(self, conf: Config) -> None:
         if self._stop_reason is not None:

@@ -22,7 +22,7 @@ from supervise.rpc.wire import RemoteError
 from supervise.services.versions import OLDEST_SUPPORTED_COMPUTE_VERSION, SERVICE_VERSION
 from tests.functional.conftest import Supervisor, each_transport, wait_until
 from tests.functional.test_notifications import inner, take
-from tests.pg import PostgresServer
+from tests.pg import PostgresServer, free_port
 
 HOST = "ctl"
 COMPUTE = {"host": "cmp1", "binary": "nova-compute", "topic": "compute"}
@@ -345,3 +345,35 @@ def test_the_conductor_notifies_the_records_it_writes(
     with kombu.Connection(kombu_urls(transport_url)) as conn:  # heartbeats sent nothing
         assert conn.channel().basic_get(f"{topic}.info", no_ack=True) is None
     assert_served_cleanly(sup, sup.worker_pids())
+
+
+def test_a_database_not_synced_stops_the_conductor_with_one_line(
+    supervise, rabbit_url, postgres_url: str
+) -> None:
+    """A database server is synced by the operator: until then the conductor cannot start,
+    and no restart would fix it (exit 2)."""
+    sup = supervise(
+        "nova-conductor", "--workers", "2", "--host", HOST, "--transport-url", rabbit_url,
+        "--database-url", postgres_url,
+    )  # fmt: skip
+    assert sup.wait_exit(60) == 2
+    log = sup.log()
+    assert "has no supervise schema; run 'supervise db sync'" in log
+    assert "Traceback" not in log, log
+
+
+def test_an_unreachable_database_is_one_line_per_start_and_a_crash_loop(
+    supervise, rabbit_url
+) -> None:
+    """Nothing listens on the database's port: each start fails with one line (no traceback),
+    the master restarts the workers with back-off, and past the crash budget exits 3."""
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/nova"
+    sup = supervise(
+        "nova-conductor", "--workers", "1", "--host", HOST, "--transport-url", rabbit_url,
+        "--database-url", url, "--max-restarts", "2", "--restart-backoff", "0.05",
+    )  # fmt: skip
+    assert sup.wait_exit(60) == 3
+    log = sup.log()
+    failed = [line for line in log.splitlines() if "failed to start: cannot reach" in line]
+    assert len(failed) == 3, log
+    assert "Traceback" not in log, log
