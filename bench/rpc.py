@@ -556,7 +556,10 @@ class Bench:
 # ----- the servers -------------------------------------------------------------------------
 
 
-def server_commands(url: str, workers: int, oslo_backend: str) -> dict[str, Callable[[str], list]]:
+def server_commands(
+    url: str, workers: int, oslo_backend: str, state_dir: Path
+) -> dict[str, Callable[[str], list]]:
+    """How each server starts; supervise's echo keeps its services record in `state_dir`."""
     python = sys.executable
     return {
         "raw-kombu": lambda topic: [
@@ -575,7 +578,7 @@ def server_commands(url: str, workers: int, oslo_backend: str) -> dict[str, Call
             "-m",
             "supervise",
             *("--workers", str(workers), "--transport-url", url, "--topic", topic),
-            *("--log-level", "WARNING", "echo"),
+            *("--state-dir", str(state_dir), "--log-level", "WARNING", "echo"),
         ],
     }
 
@@ -882,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         with own_vhost(args.transport_url) as url:
             bench = Bench(url, args.seconds, args.client_processes, logdir)
             try:
-                commands = server_commands(url, args.workers, args.oslo_backend)
+                commands = server_commands(url, args.workers, args.oslo_backend, logdir / "state")
                 names = ["supervise"] if args.skip_peers else list(commands)
                 rounds: list[Round] = []
                 for number in range(1, args.repeat + 1):
