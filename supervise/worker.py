@@ -79,12 +79,13 @@ def _start_failed(name: str, error: BaseException) -> int:
     one line meant for an operator: it is logged as such, without a traceback. A schema the
     operator must sync first ends the service (no restart fixes it); an unreachable database
     may come back, so the master restarts the worker with back-off."""
-    from supervise.db import DatabaseError, SchemaError  # imported already by a service using it
-
-    if isinstance(error, SchemaError):
+    # Only a service that imported the database layer can raise its errors; importing it here
+    # for the others would delay every failed start's exit (and so its respawn) by its import.
+    db_errors = sys.modules.get("supervise.db.errors")
+    if db_errors is not None and isinstance(error, db_errors.SchemaError):
         LOG.error("service %s cannot start: %s", name, error)
         return exitcodes.WORKER_LOAD_FAILED
-    if isinstance(error, DatabaseError):
+    if db_errors is not None and isinstance(error, db_errors.DatabaseError):
         LOG.error("service %s failed to start: %s", name, error)
         return exitcodes.FAILED
     LOG.error("service %s failed to start", name, exc_info=error)
