@@ -200,16 +200,23 @@ def rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="session")
-def rabbit_url() -> Iterator[str]:
-    """A RabbitMQ virtual host of this test session's own, deleted at its end."""
-    vhost = f"supervise-test-{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def own_vhost(prefix: str) -> Iterator[str]:
+    """The URL of a new RabbitMQ virtual host named `prefix`-<random>, deleted afterwards."""
+    vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
     rabbitmqctl("add_vhost", vhost)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"rabbit://guest:guest@localhost:5672/{vhost}"
     finally:
         rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test session's own, deleted at its end."""
+    with own_vhost("supervise-test") as url:
+        yield url
 
 
 TRANSPORTS = ("rabbit", "embedded")

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from supervise.rpc.dispatcher import Target
 from supervise.rpc.transport_url import local_transport_url
 from supervise.rpc.wire import RemoteError
 from supervise.services.versions import SERVICE_VERSION
-from tests.functional.conftest import ROOT, Supervisor, rabbitmqctl, wait_until
+from tests.functional.conftest import ROOT, Supervisor, own_vhost, wait_until
 from tests.functional.load import Load
 
 REPORT_INTERVAL = 2.0
@@ -46,13 +45,8 @@ HEARTBEAT_WARNING = "cannot report service state"
 @pytest.fixture
 def private_vhost() -> Iterator[str]:
     """A RabbitMQ virtual host of the test's own: the nova topics are fixed names."""
-    vhost = f"supervise-nova-{uuid.uuid4().hex[:12]}"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"rabbit://guest:guest@localhost:5672/{vhost}"
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
+    with own_vhost("supervise-nova") as url:
+        yield url
 
 
 @dataclass
