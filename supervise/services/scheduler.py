@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from supervise.db.models import RESOURCES
 from supervise.manager import Manager
 from supervise.rpc.dispatcher import InvalidArguments, Target
 from supervise.servicegroup import utcnow
@@ -30,9 +31,6 @@ COMPUTE_BINARY = "nova-compute"
 MAX_COUNT = 1000  # instances one request may place
 MAX_AMOUNT = 1 << 40  # of vCPUs, MB or GB asked for or reported: far above any host
 SPEC_FIELDS = ("vcpus", "memory_mb", "disk_gb", "count")
-RESOURCE_FIELDS = (
-    "vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used", "local_gb_used"
-)  # fmt: skip
 
 
 class NoValidHost(Exception):
@@ -94,7 +92,7 @@ class HostState:
                 f"capabilities must be an object, got {type(resources).__name__}"
             )
         values = {}
-        for name in RESOURCE_FIELDS:
+        for name in RESOURCES:
             if name not in resources:
                 raise InvalidArguments(f"capabilities of {host[:80]!r} lack {name}")
             values[name] = _amount(name, resources[name])
