@@ -43,6 +43,18 @@ def default_state_dir() -> str:
     return os.path.join(base, "supervise")
 
 
+def default_runtime_dir() -> str:
+    """Where the control socket lives: systemd's RuntimeDirectory when it set one, else
+    /run/supervise for root, else the XDG runtime directory, else under the state directory."""
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return os.environ["RUNTIME_DIRECTORY"].split(":")[0]
+    if os.geteuid() == 0:
+        return "/run/supervise"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "supervise")
+    return os.path.join(default_state_dir(), "run")
+
+
 # The range of every duration and count, chosen so that the code can honour any accepted
 # value (docs/decisions.md). Every wait ends in epoll or select, and epoll's timeout is a C int
 # of milliseconds (24.8 days at most): durations stop at 7 days, and start at its 1 ms.
@@ -58,6 +70,12 @@ MAX_REDELIVERIES = 1000
 # AMQP tunes the heartbeat in whole seconds, in a 16-bit field; under 1 s py-amqp sees
 # heartbeats missed and resets an idle connection every second.
 MAX_AMQP_HEARTBEAT = 65535
+MAX_REQUESTS = 2**31 - 1
+MAX_PORT = 65535
+KIB = 1024
+SIZE_UNITS = {"": 1, "K": KIB, "M": KIB**2, "G": KIB**3, "T": KIB**4}
+MIN_WORKER_MEMORY = KIB**2  # 1 MiB: a limit below any Python process's RSS is a typo
+MAX_WORKER_MEMORY = KIB**4
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,17 @@ class Seconds:
         if not (math.isfinite(value) and self.minimum <= value <= self.maximum):
             raise ValueError(f"must be {self.range} seconds, got {text.strip()!r}")
         return value
+
+
+def _memory_size(text: str) -> int:
+    """Bytes, with an optional binary suffix K, M, G or T (``512M``); 0: no limit."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"expected bytes, optionally with K, M, G or T, got {text!r}")
+    value = int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+    if value and not MIN_WORKER_MEMORY <= value <= MAX_WORKER_MEMORY:
+        raise ValueError(f"must be 0 or from 1M to 1T, got {text.strip()!r}")
+    return value
 
 
 def _boolean(text: str) -> bool:
@@ -227,6 +256,43 @@ class Config:
     heartbeat_interval: float = _option(
         5.0, Seconds(), "seconds between a worker's heartbeats to the master"
     )
+    worker_timeout: float = _option(
+        60.0,
+        Seconds(zero=True),
+        "seconds a worker's consume loop, or every one of its handler threads, may be stuck "
+        "before the worker is killed (SIGABRT, then SIGKILL) and replaced; 0: never",
+    )
+    rpc_handler_timeout: float = _option(
+        60.0, Seconds(zero=True), "log an RPC handler still running after this; 0: never"
+    )
+    max_requests_per_worker: int = _option(
+        0, Count(0, MAX_REQUESTS), "replace a worker after it handled this many messages; 0: never"
+    )
+    max_requests_jitter: int = _option(
+        0, Count(0, MAX_REQUESTS), "add up to this many to each worker's max_requests_per_worker"
+    )
+    max_memory_per_worker: int = _option(
+        0,
+        _memory_size,
+        "replace a worker whose RSS passes this (512M, 2G); 0: never",
+        range="0 or 1M to 1T",
+    )
+    max_worker_age: float = _option(
+        0.0, Seconds(zero=True), "replace a worker after this many seconds; 0: never"
+    )
+    executor: str = _option(
+        "threading",
+        _choice("threading", "eventlet"),
+        "what runs RPC methods: threading, or eventlet (green threads; extra eventlet)",
+    )
+    runtime_dir: str = _option(default_runtime_dir, _text, "directory of the control socket")
+    control_socket: str | None = _option(
+        None, _text, "path of the master's control socket (default: runtime_dir/SERVICE.sock)"
+    )
+    metrics_port: int = _option(
+        0, Count(0, MAX_PORT), "serve Prometheus metrics from the master on this TCP port; 0: off"
+    )
+    metrics_host: str = _option("127.0.0.1", _text, "address the metrics endpoint listens on")
     transport_url: str | None = _option(
         None,
         _transport_url,
@@ -286,6 +352,9 @@ class Config:
     )
     log_level: str = _option("INFO", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_file: str | None = _option(None, _text, "append logs to this file instead of stderr")
+    log_format: str = _option(
+        "text", _choice("text", "json"), "text, or json: one JSON object a line, for machines"
+    )
     notification_driver: tuple[str, ...] = _option(
         (),
         _notification_drivers,

@@ -494,13 +494,21 @@ RANGES = {
     "periodic_fuzzy_delay": (0.001, 7 * DAY, True),
     "periodic_interval_max": (0.001, 7 * DAY, False),
     "manager_shutdown_timeout": (0.001, 7 * DAY, True),
+    "worker_timeout": (0.001, 7 * DAY, True),
+    "rpc_handler_timeout": (0.001, 7 * DAY, True),
+    "max_worker_age": (0.001, 7 * DAY, True),
+    "max_requests_per_worker": (0, 2**31 - 1, False),
+    "max_requests_jitter": (0, 2**31 - 1, False),
+    "metrics_port": (0, 65535, False),
 }
+# Sizes take a unit suffix, so their parser is not a Count: tested on their own below.
+SIZES = {"max_memory_per_worker"}
 
 
 def test_every_duration_and_count_has_its_documented_range() -> None:
     # config.py has `from __future__ import annotations`: a field's type is its source text
     numeric = {f.name for f in config.settable_fields() if f.type in ("int", "float")}
-    assert numeric == set(RANGES)
+    assert numeric == set(RANGES) | SIZES
     for name, (minimum, maximum, zero) in RANGES.items():
         parse = config._BY_NAME[name].metadata["parse"]
         assert (parse.minimum, parse.maximum) == (minimum, maximum), name
@@ -534,6 +542,21 @@ def test_range_boundaries(name: str, text: str, accepted: bool) -> None:
     with pytest.raises(ConfigError) as error:
         config.parse(name, text, "--x")
     assert_one_line(error, name, "must be")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", 0), ("1M", 1 << 20), ("512M", 512 << 20), ("2G", 2 << 30), ("1T", 1 << 40)]
+    + [("1048576", 1 << 20), ("64 MiB", 64 << 20), ("300k", None), ("1048575", None)]
+    + [("1025G", None), ("-1M", None), ("1.5G", None), ("M", None), ("", None)],
+)
+def test_memory_sizes(text: str, value: int | None) -> None:
+    if value is not None:
+        assert config.parse("max_memory_per_worker", text, "--x") == value
+        return
+    with pytest.raises(ConfigError) as error:
+        config.parse("max_memory_per_worker", text, "--x")
+    assert_one_line(error, "max_memory_per_worker")
 
 
 def test_out_of_range_names_the_range() -> None:
