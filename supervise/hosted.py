@@ -30,6 +30,7 @@ from importlib.machinery import ModuleSpec
 from typing import Any, Protocol
 
 from supervise.config import Config
+from supervise.progress import Progress
 
 ENTRY_POINT_GROUP = "supervise.services"
 
@@ -230,6 +231,9 @@ class Hosted(Protocol):
     def reset(self, conf: Config) -> None:
         """Reload in place with the new configuration (only when `can_reset`)."""
 
+    def progress(self) -> Progress | None:
+        """Its RPC server's progress, for the heartbeat to the master; None without one."""
+
 
 class CotyledonStyle:
     """Hosts ``cls(worker_id)`` with ``run()`` in a thread, as cotyledon does."""
@@ -264,6 +268,9 @@ class CotyledonStyle:
         self._context.conf = conf
         self._service.reload()
 
+    def progress(self) -> Progress | None:
+        return None  # its run() is opaque: only its worker's heartbeat shows it alive
+
 
 class LifecycleStyle:
     """Hosts ``factory(context)`` returning an object with start/stop[/wait][/reset]."""
@@ -296,6 +303,14 @@ class LifecycleStyle:
             reset(conf)
         else:
             reset()
+
+    def progress(self) -> Progress | None:
+        """What the service's `progress()` returns (a nova Service: its RPC server's)."""
+        progress = getattr(self._service, "progress", None)
+        if not callable(progress):
+            return None
+        snapshot = progress()
+        return snapshot if isinstance(snapshot, Progress) else None
 
 
 def _accepts_one_argument(function: Callable[..., Any]) -> bool:

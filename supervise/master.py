@@ -28,10 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import setproctitle
 
 from supervise import cgroup, channel, exitcodes, hosted, leftovers, logs, worker, worker_policy
 from supervise.config import Config, ConfigError
+from supervise.listener import Listener
+from supervise.progress import Progress
 from supervise.systemd import Notifier
 from supervise.wakeup import Wakeup
 
@@ -55,6 +58,21 @@ HANDLED_SIGNALS = (
 )
 
 
+class ExitCause(enum.Enum):
+    """Why a worker ended: the master's decision, or what the reaper found."""
+
+    CRASH = "crash"  # exited with a status it was not asked to
+    SIGNAL = "signal"
+    OOM = "oom"  # SIGKILLed by the kernel's OOM killer
+    MEMORY = "memory"  # recycled: max_memory_per_worker
+    REQUESTS = "requests"  # recycled: max_requests_per_worker
+    AGE = "age"  # recycled: max_worker_age
+    HUNG = "hung"
+    RELOAD = "reload"
+    SCALE_DOWN = "scale-down"
+    STOP = "stop"
+
+
 class Phase(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"  # draining gracefully
@@ -74,6 +92,11 @@ class Child:
     draining: bool = False  # told to stop: its exit is expected
     can_reset: bool = False  # said so when ready: a mutate reload resets it in place
     killed_by_master: str | None = None  # why the master sent SIGKILL, for the exit log line
+    exit_cause: ExitCause | None = None  # set when the master ends it on purpose
+    progress: Progress | None = None  # from its last heartbeat
+    process: psutil.Process | None = None  # to sample it; never to wait for it
+    rss: int | None = None  # bytes, sampled at each heartbeat
+    cpu_percent: float | None = None  # of one CPU, since the sample before
 
 
 @dataclass(eq=False)
@@ -84,6 +107,13 @@ class Slot:
     respawn_at: float | None = None
     crash_streak: int = 0
     crash_times: deque[float] = field(default_factory=deque)
+    started_workers: int = 0
+    last_exit: str | None = None  # the cause of its last worker's exit, as text
+
+    @property
+    def restarts(self) -> int:
+        """Workers started in this slot after its first, whatever the cause."""
+        return max(0, self.started_workers - 1)
 
 
 @dataclass(eq=False)
@@ -127,6 +157,7 @@ class Master:
         self.signals: list[int] = []
         self.leftovers = leftovers.Leftovers()
         self.selector = selectors.DefaultSelector()
+        self.listeners: list[Listener] = []  # the control socket, the metrics endpoint
         self.wakeup = Wakeup()
         self.heartbeat_interval = conf.heartbeat_interval
         if notifier.watchdog_interval:
@@ -182,6 +213,7 @@ class Master:
             deadlines.append(self.notify_retry_at)
         if (leftover_deadline := self.leftovers.deadline()) is not None:
             deadlines.append(leftover_deadline)
+        deadlines += [d for listener in self.listeners if (d := listener.deadline()) is not None]
         return min(deadlines, default=None)
 
     @staticmethod
@@ -238,6 +270,7 @@ class Master:
             self.selector,
             self.wakeup,
             self.notifier,
+            *self.listeners,
             master_end,
             *(c.link for c in self.children.values()),
         ]
@@ -273,8 +306,10 @@ class Master:
             started=now,
             ready_deadline=now + conf.worker_ready_timeout,
             last_heartbeat=now,
+            process=_watch(pid),
         )
         self.children[pid] = child
+        self.slots[slot].started_workers += 1
         self.selector.register(master_end, selectors.EVENT_READ, lambda: self._read(child))
         LOG.info("Started child %d (slot %d, generation %d)", pid, slot, generation)
         return child
@@ -292,7 +327,7 @@ class Master:
             slot = self.slots.pop()
             for child in (slot.worker, slot.replacement):
                 if child is not None:
-                    self._drain(child)
+                    self._drain(child, ExitCause.SCALE_DOWN)
             if self.reload is not None:
                 self.reload.starting.discard(slot.index)
         if self.reload is not None and not self.reload.starting and not self.reload.pending:
@@ -304,10 +339,11 @@ class Master:
             return
         self._resize(len(self.slots) - 1)
 
-    def _drain(self, child: Child) -> None:
+    def _drain(self, child: Child, cause: ExitCause) -> None:
         """Tell a worker to finish its work and exit; its exit is then expected."""
         if not child.draining:
             child.draining = True
+            child.exit_cause = child.exit_cause or cause
             child.ready = False
             self._kill(child.pid, signal.SIGTERM)
 
@@ -328,12 +364,33 @@ class Master:
                 child.can_reset = message.get("can_reset") is True
                 self._on_ready(child)
             elif kind == "heartbeat":
-                child.last_heartbeat = time.monotonic()
+                self._on_heartbeat(child, message.get("progress"))
             elif kind == "stopping":
                 child.ready = False
         if gone:
             self.selector.unregister(child.link)
             child.link.close()
+
+    def _on_heartbeat(self, child: Child, progress: Any) -> None:
+        child.last_heartbeat = time.monotonic()
+        if progress is not None:
+            try:
+                child.progress = Progress.from_json(progress)
+            except (ValueError, KeyError, TypeError) as error:
+                LOG.debug("ignoring the malformed progress of child %d: %s", child.pid, error)
+        self._sample(child)
+
+    @staticmethod
+    def _sample(child: Child) -> None:
+        """Its memory and CPU use, read from /proc (psutil)."""
+        if child.process is None:
+            return
+        try:
+            with child.process.oneshot():
+                child.rss = child.process.memory_info().rss
+                child.cpu_percent = child.process.cpu_percent(None)
+        except psutil.Error:  # it has just exited (or become a zombie): the loop reaps it
+            pass
 
     def _on_ready(self, child: Child) -> None:
         child.last_heartbeat = time.monotonic()
@@ -345,7 +402,7 @@ class Master:
         if slot is not None and slot.replacement is child:
             old, slot.worker, slot.replacement = slot.worker, child, None
             if old is not None:
-                self._drain(old)
+                self._drain(old, ExitCause.RELOAD)
             slot.respawn_at = None
             self._advance_reload(done=slot.index)
 
@@ -376,19 +433,38 @@ class Master:
             self.leftovers.sweep(self.children)
 
     def _log_exit(self, child: Child, code: int) -> None:
-        level = logging.INFO if child.draining and code == 0 else logging.WARNING
-        if code >= 0:
-            LOG.log(level, "Child %d exited with status %d", child.pid, code)
-            return
-        cause = ""
+        """One line per exit, in oslo's words, with its one cause."""
+        cause = self._exit_cause(child, code)
+        text = cause.value
+        if cause is ExitCause.CRASH:
+            text = f"crash (status {code})"
+        elif cause is ExitCause.SIGNAL:
+            text = f"signal {-code}"
         if child.killed_by_master:
-            cause = f" ({child.killed_by_master})"
-        elif -code == signal.SIGKILL:
+            text += f": {child.killed_by_master}"
+        if 0 <= code < 128 and child.draining and cause is not ExitCause.HUNG:
+            level = logging.INFO if code == 0 else logging.WARNING
+        else:
+            level = logging.WARNING
+        if code >= 0:
+            LOG.log(level, "Child %d exited with status %d (%s)", child.pid, code, text)
+        else:
+            LOG.log(level, "Child %d killed by signal %d (%s)", child.pid, -code, text)
+        if child.slot < len(self.slots):
+            self.slots[child.slot].last_exit = text
+
+    def _exit_cause(self, child: Child, code: int) -> ExitCause:
+        if child.exit_cause is not None:
+            return child.exit_cause
+        if code == -signal.SIGKILL:
             oom_kills = cgroup.oom_kill_count()
-            if oom_kills is not None and self.oom_kills is not None and oom_kills > self.oom_kills:
-                cause = " (the kernel's OOM killer)"
+            oom = (
+                oom_kills is not None and self.oom_kills is not None and oom_kills > self.oom_kills
+            )
             self.oom_kills = oom_kills
-        LOG.log(level, "Child %d killed by signal %d%s", child.pid, -code, cause)
+            if oom:
+                return ExitCause.OOM
+        return ExitCause.SIGNAL if code < 0 else ExitCause.CRASH
 
     def _on_exit(self, child: Child, code: int) -> None:
         slot = self._slot_of(child)
@@ -457,21 +533,28 @@ class Master:
                     self._spawn(slot)
         for child in list(self.children.values()):
             if self._awaits_ready(child) and child.ready_deadline <= now:
-                self._kill_child(child, f"not ready after {self.conf.worker_ready_timeout:g} s")
+                self._kill_child(
+                    child,
+                    f"not ready after {self.conf.worker_ready_timeout:g} s",
+                    ExitCause.HUNG,
+                )
         if self.stop_deadline is not None and self.stop_deadline <= now:
             self.stop_deadline = None
             self._kill_remaining()
         if self.notify_retry_at is not None and self.notify_retry_at <= now:
             self.notify_retry_at = None
         self.leftovers.run_due(self.children)
+        for listener in self.listeners:
+            listener.run_due(now)
         if self.next_watchdog is not None and self.next_watchdog <= now:
             if self._workers_healthy(now):
                 self.notifier.watchdog()
             self.next_watchdog = now + self.notifier.watchdog_interval
 
-    def _kill_child(self, child: Child, reason: str) -> None:
+    def _kill_child(self, child: Child, reason: str, cause: ExitCause) -> None:
         LOG.error("Child %d (slot %d) %s: killing it", child.pid, child.slot, reason)
         child.killed_by_master = reason
+        child.exit_cause = child.exit_cause or cause
         self._kill(child.pid, signal.SIGKILL)
 
     def _kill_remaining(self) -> None:
@@ -485,6 +568,7 @@ class Master:
         )
         for child in self.children.values():
             child.killed_by_master = "stop deadline"
+            child.exit_cause = child.exit_cause or ExitCause.STOP
             self._kill(child.pid, signal.SIGKILL)
 
     def _workers_healthy(self, now: float) -> bool:
@@ -513,7 +597,7 @@ class Master:
         for slot in self.slots:
             slot.respawn_at = None
         for child in self.children.values():
-            self._drain(child)
+            self._drain(child, ExitCause.STOP)
 
     def _fast_stop(self) -> None:
         if self.phase is Phase.QUITTING:
@@ -527,6 +611,7 @@ class Master:
         LOG.info("fast stop: %d workers exit without draining", len(self.children))
         for child in self.children.values():
             child.draining = True
+            child.exit_cause = child.exit_cause or ExitCause.STOP
             self._kill(child.pid, signal.SIGQUIT)
 
     # ----- reloading --------------------------------------------------------------------
@@ -624,7 +709,7 @@ class Master:
         for index in plan.starting:
             slot = self.slots[index]
             if slot.replacement is not None:
-                self._kill_child(slot.replacement, "its reload was abandoned")
+                self._kill_child(slot.replacement, "its reload was abandoned", ExitCause.RELOAD)
                 slot.replacement.draining = True
                 slot.replacement = None
             if slot.worker is None and slot.respawn_at is None:
@@ -660,3 +745,13 @@ class Master:
             self.status_text = text
         else:
             self.notify_retry_at = time.monotonic() + NOTIFY_RETRY
+
+
+def _watch(pid: int) -> psutil.Process | None:
+    """A handle to sample a new child with; None if it has exited already."""
+    try:
+        process = psutil.Process(pid)
+        process.cpu_percent(None)  # the first reading only starts the count
+    except psutil.Error:
+        return None
+    return process

@@ -39,6 +39,7 @@ from supervise.db import Database, ServiceBinaryExists, ServiceTopicExists
 from supervise.hosted import Cancel
 from supervise.manager import Manager
 from supervise.periodic import DynamicLoopingCall
+from supervise.progress import Progress
 from supervise.rpc.dispatcher import BaseAPI, Target
 from supervise.rpc.server import RPCServer, ServerOptions
 from supervise.servicegroup import ServiceGroup
@@ -243,6 +244,10 @@ class Service:
         self.servicegroup.leave()
         if self._host_initialised:
             self.manager.cleanup_host()
+
+    def progress(self) -> Progress | None:
+        """The RPC server's progress (None before it exists), for the worker's heartbeat."""
+        return None if self.rpcserver is None else self.rpcserver.progress()
 
     def wait(self) -> None:
         if self._periodic is not None:

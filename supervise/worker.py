@@ -161,6 +161,7 @@ class Worker:
         self._exit_code: int | None = None
         self._failed = False  # a reset failed: exit 1 once drained
         self._crashed = threading.Event()
+        self._progress_failed = False  # warned once that the service's progress() fails
         self._selector = selectors.DefaultSelector()
         self._reset_after_fork(inherited)
         self._lifecycle = Lifecycle(self._wakeup)
@@ -228,7 +229,7 @@ class Worker:
                 self._exit_code = exitcodes.FAILED
             now = time.monotonic()
             if now >= next_heartbeat:
-                self._tell_master("heartbeat")
+                self._send_heartbeat()
                 next_heartbeat = now + self.spec.heartbeat_interval
             if self._stop_deadline is not None and now >= self._stop_deadline:
                 self._stop_timed_out()
@@ -256,6 +257,19 @@ class Worker:
             self._selector.unregister(self.link)
             self.link.close()
             self._request_stop("the master has gone")
+
+    def _send_heartbeat(self) -> None:
+        """The heartbeat carries the service's progress while it serves, so the master sees
+        whether the threads doing the work move on, not only this loop."""
+        progress = None
+        if self._serving and self.service is not None:
+            try:
+                progress = self.service.progress()
+            except Exception as error:  # a hosted service's own progress() failed
+                level = logging.DEBUG if self._progress_failed else logging.WARNING
+                LOG.log(level, "cannot read the service's progress: %s", error)
+                self._progress_failed = True
+        self._tell_master("heartbeat", progress=None if progress is None else progress.to_json())
 
     def _tell_master(self, kind: str, **fields: Any) -> None:
         if self.link.fileno() < 0:

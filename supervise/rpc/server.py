@@ -27,8 +27,15 @@ import kombu
 import kombu.message
 
 from supervise.config import Config
+from supervise.progress import UNKNOWN_METHOD, Progress, Tracker
 from supervise.rpc import receive, wire
-from supervise.rpc.dispatcher import Dispatcher, DispatchError, InvalidMessage, Target
+from supervise.rpc.dispatcher import (
+    Dispatcher,
+    DispatchError,
+    InvalidMessage,
+    NoSuchMethod,
+    Target,
+)
 from supervise.rpc.io import ConnectionThread, describe
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +62,7 @@ class ServerOptions:
     max_redeliveries: int = 3
     heartbeat: float = 60.0
     publisher_confirms: bool = False
+    handler_timeout: float = 60.0  # a handler running longer is logged; 0: never
 
     @classmethod
     def from_config(cls, conf: Config) -> ServerOptions:
@@ -65,6 +73,7 @@ class ServerOptions:
             max_redeliveries=conf.max_redeliveries,
             heartbeat=conf.heartbeat_timeout_threshold,
             publisher_confirms=conf.publisher_confirms,
+            handler_timeout=conf.rpc_handler_timeout,
         )
 
 
@@ -120,6 +129,8 @@ class RPCServer:
         self._fanout_queue = f"{target.topic}_fanout_{uuid.uuid4().hex}"
         self._recent = RecentReplies()
         self._monitored: set[str] = set()  # calls whose callers want heartbeats
+        self._tracker = Tracker(options.pool_size)
+        self._reported_long: set[int] = set()  # in-flight tokens logged as running long
         self._in_flight = 0
         self._idle = threading.Condition()
         self._stopping = False
@@ -168,6 +179,33 @@ class RPCServer:
         self._io.stop()
         self._pool.shutdown(wait=True)
 
+    def progress(self) -> Progress:
+        """The counters and in-flight messages, and how long ago the consume loop last ran a
+        probe; sends the next probe. Logs each handler that passed `handler_timeout`, once.
+        Called from the worker's loop at each heartbeat to the master."""
+        consuming = self._io.connected.is_set() and not self._stopping
+        snapshot = self._tracker.snapshot(consuming)
+        if consuming:
+            self._io.call_soon(lambda _conn: self._tracker.probe_done())
+        self._log_long_handlers()
+        return snapshot
+
+    def _log_long_handlers(self) -> None:
+        limit = self.options.handler_timeout
+        if not limit:
+            return
+        running = self._tracker.long_running(limit)
+        self._reported_long &= {token for token, _, _ in running}
+        for token, method, age in running:
+            if token not in self._reported_long:
+                self._reported_long.add(token)
+                LOG.warning(
+                    "a call to %s has been running for %.0f s (rpc_handler_timeout %g s)",
+                    method,
+                    age,
+                    limit,
+                )
+
     def _delete_fanout_queue(self) -> None:
         """As oslo does; a queue left behind (no connection now) expires on its own."""
         if not self._io.connected.is_set():
@@ -209,6 +247,7 @@ class RPCServer:
         self._connection_errors = (*conn.connection_errors, *conn.channel_errors, OSError)
         self._channel = conn.channel()
         self._producer = kombu.Producer(self._channel, auto_declare=False)
+        self._tracker.probe_done()  # a new connection: the consume loop turns from here
         if self._stopping:
             return
         # Declared here, not as a message is dead-lettered: a declare waits for the broker's
@@ -275,10 +314,12 @@ class RPCServer:
             message.ack()
             return
         self._in_flight_change(+1)
+        token = self._tracker.begin(_method_name(inner))
         try:
             self._monitor(envelope)
-            self._pool.submit(self._handle, message, inner, envelope, self._channel)
+            self._pool.submit(self._handle, message, inner, envelope, self._channel, token)
         except BaseException:
+            self._tracker.end(token, _method_name(inner), failed=True)
             self._settle(message, self._channel, envelope, None)
             raise
 
@@ -322,6 +363,7 @@ class RPCServer:
                 DEAD_LETTER_QUEUE,
             )
             self._dead_letter(message, count)
+            self._tracker.dead_lettered()
         else:
             LOG.warning(
                 "a message of queue %s was redelivered (%d of %d): queued again",
@@ -330,6 +372,7 @@ class RPCServer:
                 self.options.max_redeliveries,
             )
             self._republish(message, queue, count)
+            self._tracker.redelivered()
         message.ack()
 
     def _copy(self, message: kombu.message.Message, queue: str, count: int, **properties):
@@ -392,30 +435,46 @@ class RPCServer:
 
     # ----- on a pool thread ---------------------------------------------------------------
 
-    def _handle(self, message, inner: dict, envelope: wire.Envelope, channel: Any) -> None:
-        reply = None
+    def _handle(
+        self, message, inner: dict, envelope: wire.Envelope, channel: Any, token: int
+    ) -> None:
+        reply, counted_as, failed = None, _method_name(inner), True
         try:
-            reply = self._run(inner, envelope)
+            reply, counted_as, failed = self._run(inner, envelope)
         finally:
+            self._tracker.end(token, counted_as, failed)
             self._settle(message, channel, envelope, reply)
 
-    def _run(self, inner: dict, envelope: wire.Envelope) -> tuple[str, dict] | None:
+    def _run(self, inner: dict, envelope: wire.Envelope) -> tuple[Any, str, bool]:
+        """(the reply or None, the method name it counts under, whether it failed)."""
         method = _loggable(inner.get("method"))
+        counted_as = _method_name(inner)
         result, failure = None, None
         try:
             result = self._dispatcher.dispatch(inner)
         except DispatchError as error:
             LOG.warning("rejected a call to %s: %s", method, error)  # one line, bounded
             failure = wire.serialize_failure(error)
+            if isinstance(error, NoSuchMethod):  # the name is the caller's, not ours
+                counted_as = UNKNOWN_METHOD
         except Exception as error:
             LOG.warning("%s raised %s: %s", method, type(error).__name__, _one_line(str(error)))
             LOG.debug("traceback of %s", method, exc_info=True)
             failure = wire.serialize_failure(error)
         try:
-            return _reply_to(envelope, result, failure)
+            return _reply_to(envelope, result, failure), counted_as, failure is not None
         except Exception as error:
             LOG.warning("the result of %s cannot be sent as JSON: %s", method, error)
-            return _reply_to(envelope, None, wire.serialize_failure(error))
+            return _reply_to(envelope, None, wire.serialize_failure(error)), counted_as, True
+
+
+def _method_name(inner: dict) -> str:
+    """The name a message's method is counted and shown under: only an identifier is, as it
+    came from the network; anything else is UNKNOWN_METHOD."""
+    method = inner.get("method")
+    if isinstance(method, str) and method.isidentifier() and len(method) <= 100:
+        return method
+    return UNKNOWN_METHOD
 
 
 def _reply_to(envelope: wire.Envelope, result: Any, failure: str | None):

@@ -341,7 +341,7 @@ def test_worker_not_ready_in_time_is_killed_and_replaced(supervise):
     wait_until(lambda: f"Child {first} (slot 0) not ready after 0.5 s" in sup.log(), what="kill")
     sup.unbehave("start-delay")
     wait_until(lambda: sup.events("started"), what="a replacement that starts")
-    assert f"Child {first} killed by signal 9 (not ready after 0.5 s)" in sup.log()
+    assert f"Child {first} killed by signal 9 (hung: not ready after 0.5 s)" in sup.log()
 
 
 def test_preloaded_service_respawns(supervise):

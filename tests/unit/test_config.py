@@ -546,9 +546,11 @@ def test_range_boundaries(name: str, text: str, accepted: bool) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("0", 0), ("1M", 1 << 20), ("512M", 512 << 20), ("2G", 2 << 30), ("1T", 1 << 40)]
-    + [("1048576", 1 << 20), ("64 MiB", 64 << 20), ("300k", None), ("1048575", None)]
-    + [("1025G", None), ("-1M", None), ("1.5G", None), ("M", None), ("", None)],
+    [
+        *[("0", 0), ("1M", 1 << 20), ("512M", 512 << 20), ("2G", 2 << 30), ("1T", 1 << 40)],
+        *[("1048576", 1 << 20), ("64 MiB", 64 << 20), ("300k", None), ("1048575", None)],
+        *[("1025G", None), ("-1M", None), ("1.5G", None), ("M", None), ("", None)],
+    ],
 )
 def test_memory_sizes(text: str, value: int | None) -> None:
     if value is not None:
