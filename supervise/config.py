@@ -124,15 +124,33 @@ class Seconds:
         return value
 
 
-def _memory_size(text: str) -> int:
-    """Bytes, with an optional binary suffix K, M, G or T (``512M``); 0: no limit."""
-    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
-    if match is None:
-        raise ValueError(f"expected bytes, optionally with K, M, G or T, got {text!r}")
-    value = int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
-    if value and not MIN_WORKER_MEMORY <= value <= MAX_WORKER_MEMORY:
-        raise ValueError(f"must be 0 or from 1M to 1T, got {text.strip()!r}")
-    return value
+@dataclass(frozen=True)
+class MemorySize:
+    """Bytes, with an optional binary suffix K, M, G or T (``512M``), in [minimum, maximum];
+    or 0: no limit."""
+
+    minimum: int = MIN_WORKER_MEMORY
+    maximum: int = MAX_WORKER_MEMORY
+
+    @property
+    def range(self) -> str:
+        return f"0 or {_with_unit(self.minimum)} to {_with_unit(self.maximum)}"
+
+    def __call__(self, text: str) -> int:
+        match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+        if match is None:
+            raise ValueError(f"expected bytes, optionally with K, M, G or T, got {text!r}")
+        value = int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+        if value and not self.minimum <= value <= self.maximum:
+            raise ValueError(f"must be {self.range}, got {text.strip()!r}")
+        return value
+
+
+def _with_unit(size: int) -> str:
+    for unit in "TGMK":
+        if size % SIZE_UNITS[unit] == 0:
+            return f"{size // SIZE_UNITS[unit]}{unit}"
+    return str(size)
 
 
 def _boolean(text: str) -> bool:
@@ -208,7 +226,7 @@ def _option(default: Any, parse: Callable[[str], Any], help: str, **kwargs: Any)
     """A Config field: `parse` turns the text of a file, variable or flag into its value; a
     Count or Seconds also gives the option its range."""
     metadata = {"parse": parse, "help": help, **kwargs}
-    if isinstance(parse, Count | Seconds):
+    if isinstance(parse, Count | Seconds | MemorySize):
         metadata["range"] = parse.range
     if callable(default):
         return field(default_factory=default, metadata=metadata)
@@ -272,10 +290,7 @@ class Config:
         0, Count(0, MAX_REQUESTS), "add up to this many to each worker's max_requests_per_worker"
     )
     max_memory_per_worker: int = _option(
-        0,
-        _memory_size,
-        "replace a worker whose RSS passes this (512M, 2G); 0: never",
-        range="0 or 1M to 1T",
+        0, MemorySize(), "replace a worker whose RSS passes this (512M, 2G); 0: never"
     )
     max_worker_age: float = _option(
         0.0, Seconds(zero=True), "replace a worker after this many seconds; 0: never"
