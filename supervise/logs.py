@@ -30,8 +30,9 @@ DEBUG_PRIORITY = 7
 # journald cuts a stream line longer than LineMax (48K by default) into several entries, and
 # splits at NUL as well as at newlines: a piece without a prefix gets the unit's priority.
 JOURNAL_LINE_MAX = 48 * 1024 - 1
-# Text is written in UTF-8 (up to 4 bytes a character): pieces this long fit within LineMax.
-JOURNAL_TEXT_PIECE = 8 * 1024
+# Pieces this long fit within LineMax even at 6 bytes a character (UTF-8 takes up to 4, the
+# backslash escape of a lone surrogate 6).
+JOURNAL_TEXT_PIECE = 4 * 1024
 _JOURNAL_BREAKS = re.compile("[\n\0]")
 CONTINUATION = "  "
 CUT = "... [cut to fit the journal's line limit]"
@@ -112,22 +113,21 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = _printable_json(value)
         line = json.dumps(entry)
         if self.line_max is not None and len(line) > self.line_max:
-            line = self._shorten(entry, len(line))
+            line = self._shorten(entry, line, self.line_max)
         return line
 
-    def _shorten(self, entry: dict[str, Any], length: int) -> str:
+    def _shorten(self, entry: dict[str, Any], line: str, line_max: int) -> str:
         """Cut the longest of the message, traceback and stack until the line fits."""
         whole = {name: entry[name] for name in self.LONG_FIELDS if name in entry}
         keep = {name: len(text) for name, text in whole.items()}
-        line = ""
-        while length > self.line_max:
-            name = max(keep, key=lambda name: len(entry[name]))
-            if keep[name] == 0:
+        while len(line) > line_max:
+            longest = max(keep, key=lambda name: len(entry[name]))
+            if keep[longest] == 0:
                 break  # only the short fields are left: nothing more to cut
-            keep[name] = min(keep[name] - 1, int(keep[name] * self.line_max / length * 0.9))
-            entry[name] = whole[name][: keep[name]] + CUT
+            share = int(keep[longest] * line_max / len(line) * 0.9)
+            keep[longest] = min(keep[longest] - 1, share)
+            entry[longest] = whole[longest][: keep[longest]] + CUT
             line = json.dumps(entry)
-            length = len(line)
         return line
 
 
