@@ -301,7 +301,7 @@ def _run(namespace: argparse.Namespace) -> int:
     conf = load_config()
     _make_state_dir(conf)
     try:
-        logs.setup(conf.log_level, conf.log_file)
+        logs.setup(conf.log_level, conf.log_file, conf.log_format)
     except OSError as error:
         raise ConfigError(f"cannot open log file {conf.log_file}: {error.strerror}") from None
     notifier = Notifier.from_environment()

@@ -636,7 +636,7 @@ class Master:
         except ConfigError as error:
             LOG.error("reload failed, keeping the running configuration: %s", error)
             return
-        logging.getLogger().setLevel(new_conf.log_level)
+        logs.change(new_conf.log_level, new_conf.log_format)
         if new_conf.reload_method == "mutate":
             self._mutate(new_conf)
         else:

@@ -342,7 +342,7 @@ class Worker:
             LOG.warning("ignored a reset: the service cannot reset in place")
             return
         self.conf = conf
-        logging.getLogger().setLevel(conf.log_level)
+        logs.change(conf.log_level, conf.log_format)
         self._lifecycle.begin("reset", lambda: self.service.reset(conf))
 
     def _was_reset(self, error: BaseException | None) -> None:
