@@ -19,7 +19,6 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ import kombu
 import kombu.message
 
 from supervise.config import Config
-from supervise.rpc import receive, wire
+from supervise.rpc import executors, receive, wire
 from supervise.rpc.dispatcher import Dispatcher, DispatchError, InvalidMessage, Target
 from supervise.rpc.io import ConnectionThread, describe
 
@@ -55,6 +54,7 @@ class ServerOptions:
     max_redeliveries: int = 3
     heartbeat: float = 60.0
     publisher_confirms: bool = False
+    executor: str = executors.THREADING
 
     @classmethod
     def from_config(cls, conf: Config) -> ServerOptions:
@@ -65,6 +65,7 @@ class ServerOptions:
             max_redeliveries=conf.max_redeliveries,
             heartbeat=conf.heartbeat_timeout_threshold,
             publisher_confirms=conf.publisher_confirms,
+            executor=conf.executor,
         )
 
 
@@ -109,7 +110,7 @@ class RPCServer:
         self.target = target
         self.options = options
         self._dispatcher = Dispatcher(endpoints)
-        self._pool = ThreadPoolExecutor(options.pool_size, thread_name_prefix="rpc-handler")
+        self._pool = executors.handler_pool(options.executor, options.pool_size)
         self._io = ConnectionThread(
             transport_url,
             name="rpc-server-io",
