@@ -528,4 +528,11 @@ def load(
     values.update(read_config_files(files))
     values.update(read_environment(environ))
     values.update(flags)
-    return Config(**values, config_file=files)
+    conf = Config(**values, config_file=files)
+    if conf.preload and conf.executor == "eventlet":
+        # A module imported before eventlet's monkey-patching keeps the real locks it made.
+        raise ConfigError(
+            "preload and executor eventlet exclude each other: preload imports the service "
+            "in the master, before the workers monkey-patch"
+        )
+    return conf

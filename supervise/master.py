@@ -644,7 +644,9 @@ class Master:
 
     def _mutate(self, new_conf: Config) -> None:
         """Reset in place each worker that said it can; replace the others as a rolling
-        reload does, so that they are never all stopped at once."""
+        reload does, so that they are never all stopped at once. A new executor needs new
+        processes (a worker monkey-patches for eventlet as it starts): every worker is replaced."""
+        new_executor = new_conf.executor != self.conf.executor
         self.conf = new_conf
         now = time.monotonic()
         replace = []
@@ -652,7 +654,7 @@ class Master:
             child = slot.worker
             if child is None or child.draining:
                 continue  # it is exiting; the loop reaps and respawns it with the new conf
-            if not child.can_reset:  # cannot, or still starting: it never said it can
+            if new_executor or not child.can_reset:  # or still starting: it never said it can
                 replace.append(slot.index)
                 continue
             try:

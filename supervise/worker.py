@@ -34,6 +34,7 @@ import setproctitle
 
 from supervise import channel, exitcodes, hosted, logs
 from supervise.config import Config, ConfigError
+from supervise.rpc import executors
 from supervise.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
@@ -66,7 +67,12 @@ def run(spec: WorkerSpec, link: socket.socket, inherited: list[Closable]) -> NoR
     code = exitcodes.FAILED
     try:
         os.setpgid(0, 0)  # lead a group of its own (the master sets it too: no race)
+        if spec.conf.executor == executors.EVENTLET:
+            executors.monkey_patch()  # before the worker builds a lock, a socket or a thread
         code = Worker(spec, link, inherited).main()
+    except ConfigError as error:  # eventlet cannot be imported
+        LOG.error("%s", error)
+        code = exitcodes.WORKER_LOAD_FAILED
     except BaseException:
         LOG.exception("worker failed")
     finally:
@@ -99,11 +105,12 @@ def _set_parent_death_signal(signum: int) -> None:
 
 
 def _log_thread_stacks() -> None:
-    """SIGUSR2: every thread's stack as one log record, so the dumps of workers that share a
-    log file do not interleave (faulthandler writes line by line)."""
+    """SIGUSR2: every thread's (and green thread's) stack as one log record, so the dumps of
+    workers that share a log file do not interleave (faulthandler writes line by line)."""
     names = {thread.ident: thread.name for thread in threading.enumerate()}
+    frames = {**sys._current_frames(), **executors.green_frames()}
     parts = []
-    for ident, frame in sys._current_frames().items():
+    for ident, frame in frames.items():
         stack = "".join(traceback.format_stack(frame))
         parts.append(f"Thread {names.get(ident, ident)}:\n{stack}")
     LOG.warning("thread stacks:\n%s", "\n".join(parts))

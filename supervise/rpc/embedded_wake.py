@@ -32,6 +32,7 @@ import os
 import select
 import socket
 import struct
+import sys
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -90,6 +91,16 @@ READY, PASSED, SELF, TIMER = b"r", b"p", b"s", b"t"
 SENT_KINDS = frozenset({READY, PASSED, SELF})
 
 
+def _epoll() -> select.epoll:
+    """A new epoll set. eventlet's monkey-patching removes `select.epoll` (a wait in it would
+    stop every green thread); these sets are only ever polled without waiting, and waited on
+    through their descriptor, so the original serves."""
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is not None and patcher.is_monkey_patched("select"):
+        return patcher.original("select").epoll()
+    return select.epoll()
+
+
 def wake_directory(queue_file: str) -> str:
     return queue_file + WAKE_DIRECTORY_SUFFIX
 
@@ -102,7 +113,7 @@ class Events:
         self._warned_uids: set[int] = set()
         self._directory = -1
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._epoll = select.epoll()
+        self._epoll = _epoll()
         self._pidfds: dict[int, Identity] = {}
         self._watched: dict[Identity, int] = {}
         self._timer = -1
@@ -143,7 +154,7 @@ class Events:
         return self._epoll.fileno()
 
     def wait(self, timeout: float | None) -> None:
-        self._epoll.poll(-1 if timeout is None else timeout)
+        select.select([self], [], [], timeout)  # green under eventlet, as epoll.poll is not
 
     def collect(self) -> tuple[set[bytes], list[Identity]]:
         """Take what is pending: the kinds of wake-up received, and the peers that exited."""

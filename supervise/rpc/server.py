@@ -19,7 +19,6 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ import kombu.message
 
 from supervise.config import Config
 from supervise.progress import UNKNOWN_METHOD, Progress, Tracker
-from supervise.rpc import receive, wire
+from supervise.rpc import executors, receive, wire
 from supervise.rpc.dispatcher import (
     Dispatcher,
     DispatchError,
@@ -63,6 +62,7 @@ class ServerOptions:
     heartbeat: float = 60.0
     publisher_confirms: bool = False
     handler_timeout: float = 60.0  # a handler running longer is logged; 0: never
+    executor: str = executors.THREADING
 
     @classmethod
     def from_config(cls, conf: Config) -> ServerOptions:
@@ -74,6 +74,7 @@ class ServerOptions:
             heartbeat=conf.heartbeat_timeout_threshold,
             publisher_confirms=conf.publisher_confirms,
             handler_timeout=conf.rpc_handler_timeout,
+            executor=conf.executor,
         )
 
 
@@ -118,7 +119,7 @@ class RPCServer:
         self.target = target
         self.options = options
         self._dispatcher = Dispatcher(endpoints)
-        self._pool = ThreadPoolExecutor(options.pool_size, thread_name_prefix="rpc-handler")
+        self._pool = executors.handler_pool(options.executor, options.pool_size)
         self._io = ConnectionThread(
             transport_url,
             name="rpc-server-io",

@@ -93,7 +93,13 @@ class Supervisor:
         self.workdir = workdir
         self.notify = NotifyListener()
         self.log_path = workdir / "supervise.log"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISE_")}
+        # Without pytest's own variable, which some libraries check (eventlet then skips its
+        # warning about the locks its monkey-patching could not make green).
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SUPERVISE_") and k != "PYTEST_CURRENT_TEST"
+        }
         environ.update(
             PYTHONPATH=str(ROOT),
             NOTIFY_SOCKET=self.notify.address,

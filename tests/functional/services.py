@@ -165,6 +165,13 @@ class TestEndpoint(EchoEndpoint):
     def _private(self, context: dict) -> str:
         return "never callable"
 
+    def green_sleep(self, context: dict, ms: float) -> float:
+        """Sleep in eventlet, as services written for green threads do (eventlet executor)."""
+        import eventlet  # only in a worker that runs green: the others never import it
+
+        eventlet.sleep(ms / 1000)
+        return ms
+
     def record(self, context: dict, id: str, ms: float = 0) -> str:
         """Handle a message with a unique id: append it to the ``handled`` file."""
         time.sleep(ms / 1000)
