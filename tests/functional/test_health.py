@@ -76,6 +76,22 @@ def test_a_worker_whose_consume_loop_is_stuck_is_replaced(serve, client):
     assert f"Child {stuck} killed by signal 6 (hung: consume loop stuck for" in sup.log()
 
 
+def test_after_a_log_reopen_the_stack_dump_goes_to_the_new_log_file(serve, client, tmp_path):
+    log_file = tmp_path / "service.log"
+    sup = serve(1, "--worker-timeout", "2", "--log-file", str(log_file))
+    [stuck] = sup.worker_pids()
+    rotated = tmp_path / "service.log.1"
+    log_file.rename(rotated)
+    sup.signal(signal.SIGUSR1)
+    wait_until(log_file.exists, what="a reopened log file")
+    client.cast({}, "stall_consumer")
+    replaced(sup, stuck, 1, timeout=2 + 0.5 + 5)
+    text = log_file.read_text()
+    assert "Fatal Python error: Aborted" in text
+    assert re.search(r'File ".*services\.py", line \d+ in <lambda>', text), "the stalled loop"
+    assert "Fatal Python error" not in rotated.read_text() + sup.log()
+
+
 def test_a_worker_without_heartbeats_is_killed_after_its_abort_grace(
     supervise, transport_url, topic, client
 ):
@@ -165,13 +181,13 @@ def one_recycle_at_a_time(text: str) -> None:
 
 @each_transport
 def test_a_worker_over_its_memory_limit_is_recycled_without_a_failed_call(serve, client):
-    sup = serve(2, "--max-memory-per-worker", "150M")
+    sup = serve(2, "--max-memory-per-worker", "100M")
     before = sup.worker_pids()
     rss = {pid: psutil.Process(pid).memory_info().rss >> 20 for pid in before}
     print(f"RSS before, MiB: {rss}")
-    assert max(rss.values()) < 120
+    assert max(rss.values()) < 70
     load = recycled_under_load(
-        sup, client, "memory", 1, provoke=lambda: client.call({}, "allocate", mb=160)
+        sup, client, "memory", 1, provoke=lambda: client.call({}, "allocate", mb=96)
     )
     assert not load.failures, load.failures[:5]
     assert re.search(r"Recycling child \d+ \(slot \d\): RSS \d+ MiB is over", sup.log())
