@@ -30,7 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import setproctitle
 
-from supervise import cgroup, channel, exitcodes, hosted, leftovers, logs, worker, worker_policy
+from supervise import (
+    cgroup,
+    channel,
+    exitcodes,
+    health,
+    hosted,
+    leftovers,
+    logs,
+    worker,
+    worker_policy,
+)
 from supervise.config import Config, ConfigError
 from supervise.listener import Listener
 from supervise.progress import Progress
@@ -46,6 +56,8 @@ LOG = logging.getLogger(__name__)
 FAST_STOP_GRACE = 2.0
 NOTIFY_RETRY = 1.0
 STALE_HEARTBEATS = 3
+# A hung worker is sent SIGABRT (its stacks go to the log), then SIGKILL this long after.
+HUNG_ABORT_GRACE = 5.0
 
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -99,6 +111,10 @@ class Child:
     process: psutil.Process | None = None  # to sample it (never to wait for it); see _sample
     rss: int | None = None  # bytes, sampled at each heartbeat
     cpu_percent: float | None = None  # of one CPU, since the sample before
+    limits: health.Limits = field(default_factory=health.Limits)  # drawn when it is forked
+    abort_kill_at: float | None = None  # hung: sent SIGABRT, to be SIGKILLed at this time
+    recycle_failures: int = 0  # its recycles whose replacement failed, in a row
+    recycle_retry_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -111,11 +127,21 @@ class Slot:
     crash_times: deque[float] = field(default_factory=deque)
     started_workers: int = 0
     last_exit: str | None = None  # the cause of its last worker's exit, as text
+    hung_streak: int = 0  # workers in a row that hung without a long healthy run
 
     @property
     def restarts(self) -> int:
         """Workers started in this slot after its first, whatever the cause."""
         return max(0, self.started_workers - 1)
+
+
+@dataclass(eq=False)
+class Recycle:
+    """A worker due to be recycled (memory, requests, age) whose replacement is starting."""
+
+    old: Child
+    replacement: Child
+    cause: ExitCause
 
 
 @dataclass(eq=False)
@@ -149,6 +175,8 @@ class Master:
         self.children: dict[int, Child] = {}
         self.reload: RollingReload | None = None
         self.reload_again = False
+        self.recycle: Recycle | None = None  # one at a time, across the master
+        self.drained = False  # `supervise drain`: workers stop consuming; no recycling
         self.stop_began = 0.0
         self.stop_deadline: float | None = None
         self.ready_announced = False
@@ -216,6 +244,7 @@ class Master:
         if (leftover_deadline := self.leftovers.deadline()) is not None:
             deadlines.append(leftover_deadline)
         deadlines += [d for listener in self.listeners if (d := listener.deadline()) is not None]
+        deadlines += self._health_deadlines(time.monotonic())
         return min(deadlines, default=None)
 
     @staticmethod
@@ -308,6 +337,9 @@ class Master:
             started=now,
             ready_deadline=now + conf.worker_ready_timeout,
             last_heartbeat=now,
+            limits=health.draw_limits(
+                conf.max_requests_per_worker, conf.max_requests_jitter, conf.max_worker_age
+            ),
         )
         self.children[pid] = child
         self.slots[slot].started_workers += 1
@@ -407,8 +439,9 @@ class Master:
         slot = self._slot_of(child)
         if slot is not None and slot.replacement is child:
             old, slot.worker, slot.replacement = slot.worker, child, None
+            cause = self._end_recycle(child) or ExitCause.RELOAD
             if old is not None:
-                self._drain(old, ExitCause.RELOAD)
+                self._drain(old, cause)
             slot.respawn_at = None
             self._advance_reload(done=slot.index)
 
@@ -473,6 +506,7 @@ class Master:
         return ExitCause.SIGNAL if code < 0 else ExitCause.CRASH
 
     def _on_exit(self, child: Child, code: int) -> None:
+        recycle_failed = self._recycle_replacement_exited(child)
         slot = self._slot_of(child)
         if child.draining or slot is None:
             if self.phase is not Phase.RUNNING and code != 0 and self.exit_code == exitcodes.OK:
@@ -480,7 +514,8 @@ class Master:
             return
         if slot.replacement is child:
             slot.replacement = None
-            self._abort_reload(f"worker {child.pid} of slot {slot.index} exited before ready")
+            if not recycle_failed:
+                self._abort_reload(f"worker {child.pid} of slot {slot.index} exited before ready")
             return
         slot.worker = None
         if self.phase is not Phase.RUNNING:
@@ -488,6 +523,8 @@ class Master:
         if code == exitcodes.WORKER_LOAD_FAILED and not self.ever_ready:
             LOG.error("service %s cannot be loaded: stopping", self.service.name)
             self._begin_stop("the service cannot be loaded", exitcodes.USAGE)
+            return
+        if child.exit_cause is ExitCause.HUNG and self._hung_loop(slot, child):
             return
         self._respawn_after_crash(slot, child)
 
@@ -550,6 +587,7 @@ class Master:
         if self.notify_retry_at is not None and self.notify_retry_at <= now:
             self.notify_retry_at = None
         self.leftovers.run_due(self.children)
+        self._run_health_timers(now)
         for listener in self.listeners:
             listener.run_due(now)
         if self.next_watchdog is not None and self.next_watchdog <= now:
@@ -579,7 +617,171 @@ class Master:
 
     def _workers_healthy(self, now: float) -> bool:
         stale_after = STALE_HEARTBEATS * self.heartbeat_interval
+        if self.conf.worker_timeout:
+            # The master replaces a worker without heartbeats itself; the watchdog tells
+            # systemd only when that did not happen in time.
+            stale_after = self.conf.worker_timeout + HUNG_ABORT_GRACE + self.heartbeat_interval
         return all(now - c.last_heartbeat <= stale_after for c in self.children.values() if c.ready)
+
+    # ----- hung workers and recycling ---------------------------------------------------
+
+    def _judged(self, child: Child) -> bool:
+        """Whether its heartbeats are judged: it serves, and the master does not end it."""
+        return child.ready and not child.draining and child.killed_by_master is None
+
+    def _health_deadlines(self, now: float) -> list[float]:
+        """When a worker turns hung for want of heartbeats, is killed after its SIGABRT, or
+        is old enough to recycle; only times to come (a due recycle that had to wait is
+        tried again on the next event: a heartbeat, a replacement ready, a reload done)."""
+        deadlines = []
+        timeout = self.conf.worker_timeout
+        for child in self.children.values():
+            if child.abort_kill_at is not None:
+                deadlines.append(child.abort_kill_at)
+            elif self._judged(child):
+                if timeout:
+                    deadlines.append(child.last_heartbeat + timeout)
+                if child.limits.max_age:
+                    deadlines.append(
+                        max(child.started + child.limits.max_age, child.recycle_retry_at)
+                    )
+        return [d for d in deadlines if d > now]
+
+    def _run_health_timers(self, now: float) -> None:
+        for child in list(self.children.values()):
+            if child.abort_kill_at is not None and child.abort_kill_at <= now:
+                child.abort_kill_at = None
+                LOG.error(
+                    "Child %d (slot %d) still runs %g s after SIGABRT: killing it",
+                    child.pid,
+                    child.slot,
+                    HUNG_ABORT_GRACE,
+                )
+                self._kill(child.pid, signal.SIGKILL)
+            elif self._judged(child):
+                since = now - child.last_heartbeat
+                reason = health.hung(child.progress, since, self.conf.worker_timeout)
+                if reason is not None:
+                    self._abort_hung(child, reason, now)
+                else:
+                    self._recycle_if_due(child, now)
+
+    def _abort_hung(self, child: Child, reason: str, now: float) -> None:
+        LOG.error(
+            "Child %d (slot %d) is hung: %s (worker_timeout %g s): aborting it (SIGABRT: its "
+            "threads' stacks follow in the log), SIGKILL in %g s",
+            child.pid,
+            child.slot,
+            reason,
+            self.conf.worker_timeout,
+            HUNG_ABORT_GRACE,
+        )
+        child.killed_by_master = reason
+        child.exit_cause = ExitCause.HUNG
+        child.abort_kill_at = now + HUNG_ABORT_GRACE
+        self._kill(child.pid, signal.SIGABRT)
+
+    def _hung_loop(self, slot: Slot, child: Child) -> bool:
+        """Count a hung exit in its slot's streak; give up (crash loop) past max_restarts in
+        a row. Detecting a hang takes worker_timeout, so hung workers can loop slower than
+        restart_window lets the crash budget see: the streak ends only with a worker that
+        served for restart_window before it hung."""
+        served = time.monotonic() - child.started - self.conf.worker_timeout
+        slot.hung_streak = 1 if served >= self.conf.restart_window else slot.hung_streak + 1
+        if slot.hung_streak <= self.conf.max_restarts:
+            return False
+        LOG.error(
+            "slot %d: %d workers in a row hung (max_restarts %d): giving up",
+            slot.index,
+            slot.hung_streak,
+            self.conf.max_restarts,
+        )
+        self._begin_stop("crash loop", exitcodes.CRASH_LOOP)
+        return True
+
+    def _recycle_if_due(self, child: Child, now: float) -> None:
+        """Start the replacement of a worker past one of its limits, as a rolling reload
+        does: the old one drains once the new one is ready. One at a time, and not while
+        the master reloads, stops or is drained."""
+        if self.phase is not Phase.RUNNING or self.reload is not None or self.drained:
+            return
+        if self.recycle is not None or now < child.recycle_retry_at:
+            return
+        slot = self._slot_of(child)
+        if slot is None or slot.worker is not child or slot.replacement is not None:
+            return
+        due = health.recycle_due(
+            child.progress,
+            child.rss,
+            now - child.started,
+            child.limits,
+            self.conf.max_memory_per_worker,
+        )
+        if due is None:
+            return
+        cause, evidence = due
+        LOG.info(
+            "Recycling child %d (slot %d): %s; its replacement starts",
+            child.pid,
+            slot.index,
+            evidence,
+        )
+        slot.replacement = self._fork(slot.index, self.generation, self.conf)
+        self.recycle = Recycle(child, slot.replacement, ExitCause(cause))
+
+    def _end_recycle(self, ready: Child) -> ExitCause | None:
+        """The cause to drain the old worker with, if `ready` is a recycle's replacement."""
+        recycle = self.recycle
+        if recycle is None or recycle.replacement is not ready:
+            return None
+        self.recycle = None
+        LOG.info(
+            "Recycling child %d (slot %d): child %d is ready; draining the old one",
+            recycle.old.pid,
+            ready.slot,
+            ready.pid,
+        )
+        return recycle.cause
+
+    def _recycle_replacement_exited(self, child: Child) -> bool:
+        """Whether `child` was a recycle's replacement that exited before it was ready, on
+        its own: the old worker keeps serving, and its recycle is tried again later."""
+        recycle = self.recycle
+        if recycle is None or recycle.replacement is not child:
+            return False
+        self.recycle = None
+        if child.draining:  # a stop, a scale-down or a reload ended it
+            return False
+        old = recycle.old
+        old.recycle_failures += 1
+        delay = health.recycle_retry_delay(old.recycle_failures, self.conf.restart_backoff_max)
+        old.recycle_retry_at = time.monotonic() + delay
+        LOG.error(
+            "Recycling child %d (slot %d, %s) failed: its replacement %d exited before it was "
+            "ready; child %d keeps serving, and is recycled again in %.1f s",
+            old.pid,
+            child.slot,
+            recycle.cause.value,
+            child.pid,
+            old.pid,
+            delay,
+        )
+        return True
+
+    def _abandon_recycle(self) -> None:
+        """A reload replaces every worker: a recycle's replacement still starting is not
+        needed (nor is there a slot for it)."""
+        recycle = self.recycle
+        if recycle is None:
+            return
+        LOG.info(
+            "reload: the recycle of child %d is abandoned (the reload replaces it)",
+            recycle.old.pid,
+        )
+        slot = self._slot_of(recycle.replacement)
+        if slot is not None and slot.replacement is recycle.replacement:
+            slot.replacement = None
+        self._drain(recycle.replacement, ExitCause.RELOAD)
 
     # ----- stopping ---------------------------------------------------------------------
 
@@ -637,6 +839,7 @@ class Master:
             LOG.error("reload failed, keeping the running configuration: %s", error)
             return
         logs.change(new_conf.log_level, new_conf.log_format)
+        self._abandon_recycle()
         if new_conf.reload_method == "mutate":
             self._mutate(new_conf)
         else:

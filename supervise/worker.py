@@ -116,6 +116,33 @@ def _log_thread_stacks() -> None:
     LOG.warning("thread stacks:\n%s", "\n".join(parts))
 
 
+class FaultLog:
+    """Points faulthandler, which dumps every thread's stack on a fatal signal (the master's
+    SIGABRT of a hung worker), at the log file when there is one, else at stderr.
+
+    faulthandler writes to a file descriptor from its signal handler, and keeps it: it gets
+    a duplicate of the log file's own, so that closing the log's stream never leaves it a
+    number another file may take. A reopen (SIGUSR1) points it at the new file before the
+    old duplicate is closed."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def point(self) -> None:
+        stream = next(
+            (
+                h.stream
+                for h in logging.getLogger().handlers
+                if isinstance(h, logging.FileHandler) and h.stream is not None
+            ),
+            None,
+        )
+        old, self._fd = self._fd, None if stream is None else os.dup(stream.fileno())
+        faulthandler.enable(sys.stderr if self._fd is None else self._fd, all_threads=True)
+        if old is not None:
+            os.close(old)
+
+
 class Lifecycle:
     """Runs one step of the service's life cycle at a time on a thread of its own, and wakes
     the worker's loop when it is done."""
@@ -170,6 +197,7 @@ class Worker:
         self._crashed = threading.Event()
         self._progress_failed = False  # warned once that the service's progress() fails
         self._selector = selectors.DefaultSelector()
+        self._fault_log = FaultLog()
         self._reset_after_fork(inherited)
         self._lifecycle = Lifecycle(self._wakeup)
 
@@ -188,7 +216,7 @@ class Worker:
             signal.signal(signum, signal.SIG_IGN)
         for signum in RECORDED_SIGNALS:
             signal.signal(signum, self._record_signal)
-        faulthandler.enable()
+        self._fault_log.point()
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ)
         self._selector.register(self.link, selectors.EVENT_READ)
 
@@ -252,6 +280,7 @@ class Worker:
                 self._exit_code = exitcodes.OK
             elif signum == signal.SIGUSR1:
                 logs.reopen()
+                self._fault_log.point()
             elif signum == signal.SIGUSR2:
                 _log_thread_stacks()
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from supervise.hosted import WorkerContext
+from supervise.progress import Progress
 from supervise.rpc.dispatcher import BaseAPI, Target
 from supervise.rpc.server import RPCServer, ServerOptions
 from supervise.services.echo_endpoint import TOPIC, EchoEndpoint
@@ -37,6 +38,20 @@ def _append(name: str, line: str) -> None:
 
 def record(event: str, slot: int, generation: int) -> None:
     _append("events", f"{event} {slot} {generation} {os.getpid()} {time.time():.6f}")
+
+
+def claim(name: str) -> bool:
+    """Whether this process holds the claim file `name`: the first process to ask takes it."""
+    path = _events_dir() / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return path.read_text() == str(os.getpid())
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
+    return True
 
 
 def behaviour(name: str) -> str | None:
@@ -146,7 +161,12 @@ class CotyledonWithoutReload:
         record("stopping", self.worker_id, 0)
 
 
+_hoard: list[bytes] = []  # what `allocate` keeps
+
+
 class TestEndpoint(EchoEndpoint):
+    server: RPCServer | None = None  # set by its service: `stall_consumer` needs it
+
     def die(self, context: dict) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -178,30 +198,60 @@ class TestEndpoint(EchoEndpoint):
         _append("handled", id)
         return id
 
+    def hang(self, context: dict, id: str) -> str:
+        """In the first worker to handle a call of it, block forever (every later call too);
+        in any other, `record` the id."""
+        if claim("hanging"):
+            threading.Event().wait()
+        return self.record(context, id)
+
+    def allocate(self, context: dict, mb: int) -> int:
+        """Keep `mb` MiB more (touched, so resident); return the MiB kept."""
+        _hoard.append(b"\x01" * (mb << 20))
+        return sum(len(chunk) for chunk in _hoard) >> 20
+
+    def stall_consumer(self, context: dict) -> None:
+        """In the first worker to handle a cast of it, block the RPC server's I/O thread
+        (its consume loop) for good; the handler thread itself returns."""
+        if claim("stalled"):
+            self.server._io.call_soon(lambda _conn: threading.Event().wait())
+
 
 class RPCTestService:
     """echo's methods plus some that die, fail and misbehave, for the RPC tests: an RPC
-    server only, with no record and no database (the RPC tests are about the messages)."""
+    server only, with no record and no database (the RPC tests are about the messages).
+
+    Behaviour files: ``fail-start`` (start raises), ``stall-consumer`` (once started, its
+    consume loop blocks for good)."""
 
     def __init__(self, context: WorkerContext):
         self.cancel = context.cancel
         conf = context.conf
+        endpoint = TestEndpoint()
         self.server = RPCServer(
             conf.transport,
             Target(topic=conf.topic or TOPIC, server=conf.host),
-            [TestEndpoint(), BaseAPI("echo")],
+            [endpoint, BaseAPI("echo")],
             ServerOptions.from_config(conf),
         )
+        endpoint.server = self.server
 
     def start(self) -> None:
+        if behaviour("fail-start") is not None:
+            raise RuntimeError("told to fail by the test")
         with self.cancel.calls(self.server.stop):
             self.server.start()
+        if behaviour("stall-consumer") is not None:  # every worker hangs at once
+            self.server._io.call_soon(lambda _conn: threading.Event().wait())
 
     def stop(self) -> None:
         self.server.stop()
 
     def wait(self) -> None:
         self.server.wait()
+
+    def progress(self) -> Progress:
+        return self.server.progress()
 
 
 try:

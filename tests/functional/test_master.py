@@ -365,7 +365,11 @@ def test_workers_do_not_inherit_the_notify_socket_and_logs_name_their_process(su
 
 
 def test_watchdog_pings_only_while_every_worker_heartbeats(supervise):
-    sup = supervise(RECORDER, "--workers", "2", env={"WATCHDOG_USEC": "400000"})
+    """Without worker_timeout: with it, the master replaces such a worker itself (in
+    tests/functional/test_health.py)."""
+    sup = supervise(
+        RECORDER, "--workers", "2", "--worker-timeout", "0", env={"WATCHDOG_USEC": "400000"}
+    )
     pids = sup.wait_ready(2)
     wait_until(lambda: len(sup.notify.with_key("WATCHDOG")) >= 3, what="watchdog pings")
     stuck = min(pids)
