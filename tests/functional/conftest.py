@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -93,10 +95,14 @@ class Supervisor:
         self.workdir = workdir
         self.notify = NotifyListener()
         self.log_path = workdir / "supervise.log"
+        # A runtime directory of its own (the default, /run/supervise for root, is shared),
+        # short enough for a socket path whatever pytest's temporary directories are called.
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="supervise-run-"))
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISE_")}
         environ.update(
             PYTHONPATH=str(ROOT),
             NOTIFY_SOCKET=self.notify.address,
+            SUPERVISE_RUNTIME_DIR=str(self.runtime_dir),
             **{EVENTS_DIR_VARIABLE: str(workdir)},
             **env,
         )
@@ -111,6 +117,17 @@ class Supervisor:
                 start_new_session=True,
             )
         self.pid = self.process.pid
+
+    def control(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a control verb (``status``, ``scale 8``, ...) against this master's runtime
+        directory, as an operator would."""
+        return subprocess.run(
+            [*PYTHON_M_SUPERVISE, *args, "--runtime-dir", str(self.runtime_dir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
 
     def behave(self, name: str, value: str = "") -> None:
         (self.workdir / name).write_text(value)
@@ -183,6 +200,7 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self.notify.close()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def rabbitmqctl(*args: str) -> str:

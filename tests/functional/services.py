@@ -196,6 +196,15 @@ class RPCTestService:
     def wait(self) -> None:
         self.server.wait()
 
+    def progress(self):
+        return self.server.progress()
+
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
 
 try:
     import cotyledon
