@@ -97,14 +97,15 @@ class Supervisor:
         self.log_path = workdir / "supervise.log"
         # A runtime directory of its own (the default, /run/supervise for root, is shared),
         # short enough for a socket path whatever pytest's temporary directories are called.
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="supervise-run-"))
+        given = env.get("SUPERVISE_RUNTIME_DIR")
+        self._own_runtime_dir = given is None
+        self.runtime_dir = Path(given or tempfile.mkdtemp(prefix="supervise-run-"))
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISE_")}
         environ.update(
             PYTHONPATH=str(ROOT),
             NOTIFY_SOCKET=self.notify.address,
-            SUPERVISE_RUNTIME_DIR=str(self.runtime_dir),
             **{EVENTS_DIR_VARIABLE: str(workdir)},
-            **env,
+            **{**env, "SUPERVISE_RUNTIME_DIR": str(self.runtime_dir)},
         )
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -200,7 +201,8 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self.notify.close()
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self._own_runtime_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def rabbitmqctl(*args: str) -> str:
