@@ -279,10 +279,14 @@ def format_status(status: dict[str, Any]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in table
     ]
-    return printable(header) + "\n" + "\n".join(printable(line.rstrip()) for line in lines) + "\n"
+    return printable(header) + "\n" + "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def _cell(key: str, worker: dict[str, Any]) -> str:
+    return printable(_text(key, worker))
+
+
+def _text(key: str, worker: dict[str, Any]) -> str:
     value = worker.get(key)
     if value is None:
         return "-"

@@ -742,21 +742,22 @@ class Master:
         command = request["command"]
         if command == "status":
             return self._control_status()
-        if self.phase is not Phase.RUNNING:
+        if command not in ("scale", "reload", "drain", "resume", "stop"):
+            raise CommandError(f"unknown command {command[:40]!r}")
+        fast_stop = command == "stop" and request.get("fast") is True
+        if self.phase is not Phase.RUNNING and not fast_stop:  # a fast stop may end a drain
             raise CommandError(f"the master is {self.phase.value}")
-        LOG.info("control socket: %s", command)
+        LOG.info("control socket: %s%s", command, " --fast" if fast_stop else "")
         if command == "scale":
             return self._control_scale(request.get("workers"))
         if command == "reload":
             self._reload()
         elif command in ("drain", "resume"):
             self._set_drained(command == "drain")
-        elif command == "stop" and request.get("fast") is True:
+        elif fast_stop:
             self._fast_stop()
-        elif command == "stop":
-            self._begin_stop("stop by the control socket")
         else:
-            raise CommandError(f"unknown command {command[:40]!r}")
+            self._begin_stop("stop by the control socket")
         return {}
 
     def _control_scale(self, workers: Any) -> dict[str, Any]:

@@ -330,3 +330,19 @@ def test_an_unsafe_runtime_dir_is_refused(supervise, tmp_path, problem):
     assert sup.wait_exit() == exitcodes.USAGE
     assert one_line(sup.log()).startswith("supervise: error: ")
     assert "refusing it" in sup.log()
+
+
+def test_reload_then_stop_then_stop_fast(supervise):
+    sup = supervise(RECORDER, "--workers", "2", behaviours={"hang-stop": ""})
+    sup.wait_ready(2)
+    assert one_line(sup.control("reload").stdout) == f"{RECORDER}: reloading"
+    wait_until(lambda: status(sup)["generation"] == 2, 20, "generation 2")
+    done = sup.control("stop")
+    assert done.returncode == 0 and one_line(done.stdout) == f"{RECORDER}: stopping"
+    wait_until(lambda: status(sup)["phase"] == "stopping", what="the master stopping")
+    again = sup.control("scale", "3")  # while its workers hang in their stop
+    assert again.returncode == exitcodes.FAILED
+    assert one_line(again.stderr).endswith("the master is stopping")
+    assert one_line(sup.control("stop", "--fast").stdout) == f"{RECORDER}: fast stop"
+    assert sup.wait_exit() == exitcodes.OK
+    assert "control socket: stop --fast" in sup.log()
