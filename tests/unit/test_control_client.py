@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +84,17 @@ def test_the_table_escapes_what_it_shows_and_aligns_its_columns() -> None:
     ]
     assert second.split()[:4] == ["1", "-", "-", "respawning"]
     assert titles.index("STATE") == first.index("ready") == second.index("respawning")
+
+
+def test_a_master_that_does_not_answer_times_out_in_one_line(runtime_dir) -> None:
+    path = runtime_dir / "echo.sock"
+    silent = bind(path)
+    silent.listen()  # accepted by the kernel, never answered
+    path.chmod(0o600)
+    started = time.monotonic()
+    with pytest.raises(ClientError) as error:
+        control_client.ask(str(path), {"command": "status"}, 0.3)
+    assert time.monotonic() - started < 2
+    assert error.value.code == exitcodes.FAILED
+    assert str(error.value) == f"the master at {path} did not answer within 0.3 s"
+    silent.close()
