@@ -266,7 +266,8 @@ def supervise_echo(workers: int, workdir: Path, topic: str) -> Iterator[tuple[st
     notify.bind("\0" + address)
     notify.settimeout(30)
     argv = [sys.executable, "-m", "supervise", "--workers", str(workers)]
-    argv += ["--transport-url", url, "--state-dir", str(workdir), "--topic", topic, "echo"]
+    argv += ["--transport-url", url, "--state-dir", str(workdir), "--topic", topic]
+    argv += ["--runtime-dir", str(workdir / "run"), "echo"]  # not the shared default
     master = start(argv, workdir / "supervise.log", {"NOTIFY_SOCKET": "@" + address})
     try:
         while b"READY=1" not in notify.recv(4096):

@@ -578,7 +578,8 @@ def server_commands(
             "-m",
             "supervise",
             *("--workers", str(workers), "--transport-url", url, "--topic", topic),
-            *("--state-dir", str(state_dir), "--log-level", "WARNING", "echo"),
+            *("--state-dir", str(state_dir), "--runtime-dir", str(state_dir / f"run-{topic}")),
+            *("--log-level", "WARNING", "echo"),
         ],
     }
 

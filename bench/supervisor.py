@@ -213,6 +213,7 @@ class Supervise(Master):
 
     def __init__(self, workers: int, log_path: Path, preload: bool):
         argv = [sys.executable, "-m", "supervise", "--workers", str(workers)]
+        argv += ["--runtime-dir", str(log_path.with_suffix(".run"))]  # not the shared default
         if preload:
             argv.append("--preload")
         super().__init__([*argv, "idle"], workers, log_path)

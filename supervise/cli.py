@@ -12,13 +12,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from supervise import config, exitcodes, hosted, logs, master, private_files, worker_policy
+from supervise import (
+    config,
+    control_client,
+    exitcodes,
+    hosted,
+    logs,
+    master,
+    private_files,
+    worker_policy,
+)
 from supervise.config import ConfigError
 from supervise.rpc.transport_url import BadTransportURL
 from supervise.systemd import Notifier
 from supervise.terminal import printable
 
-SUBCOMMANDS = ("run", "call", "service", "db")
+SUBCOMMANDS = ("run", "call", "service", "db", *control_client.VERBS)
 
 LOG = logging.getLogger(__name__)
 _FIELDS = {f.name: f for f in config.settable_fields()}
@@ -80,6 +89,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     _add_config_options(call, CALL_OPTIONS)
     _add_service_parsers(commands)
     _add_db_parsers(commands)
+    _add_control_parsers(commands)
     return parser, {"run": run, "call": call}
 
 
@@ -126,6 +136,39 @@ def _add_service_parsers(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON")
         names = [*DATABASE_OPTIONS, "report_interval", "service_down_time"]
         _add_config_options(parser, names if parser is listing else names + NOTIFICATION_OPTIONS)
+
+
+def _add_control_parsers(commands: argparse._SubParsersAction) -> None:
+    """The verbs that ask a running master through its control socket."""
+    helps = {
+        "status": "show a running master's workers (a table, or --json)",
+        "scale": "run N workers",
+        "reload": "reload, as SIGHUP does",
+        "drain": "every worker finishes its calls in flight and takes no new ones; "
+        "the master and its workers stay up",
+        "resume": "the workers take calls again after a drain",
+        "stop": "stop, as SIGTERM does (draining), or with --fast as SIGQUIT",
+    }
+    for verb in control_client.VERBS:
+        parser = commands.add_parser(verb, help=helps[verb], description=helps[verb])
+        if verb == "scale":
+            parser.add_argument("count", metavar="N")  # not "workers", the option of run
+        parser.add_argument(
+            "service", metavar="SERVICE", nargs="?", help="the master's service (its socket's name)"
+        )
+        parser.add_argument(
+            "--socket",
+            dest="control_socket",
+            default=argparse.SUPPRESS,
+            metavar="PATH",
+            help="the master's control socket",
+        )
+        parser.add_argument("--timeout", metavar="S", help="seconds to wait for the answer (5)")
+        if verb == "status":
+            parser.add_argument("--json", action="store_true", help="print JSON")
+        if verb == "stop":
+            parser.add_argument("--fast", action="store_true", help="as SIGQUIT: no draining")
+        _add_config_options(parser, ["runtime_dir", "control_socket"])
 
 
 def _add_db_parsers(commands: argparse._SubParsersAction) -> None:
@@ -259,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from supervise.db import cli as db_cli
 
             return db_cli.main(_load_config(namespace))
+        if namespace.command in control_client.VERBS:
+            return control_client.main(namespace, _load_config(namespace))
         return _run(namespace)
     except (UsageError, ConfigError, hosted.ServiceNotFound, BadTransportURL) as error:
         print(f"supervise: error: {printable(str(error))}", file=sys.stderr)

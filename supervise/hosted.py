@@ -234,6 +234,13 @@ class Hosted(Protocol):
     def progress(self) -> Progress | None:
         """Its RPC server's progress, for the heartbeat to the master; None without one."""
 
+    def pause(self) -> bool:
+        """Stop taking new work, finishing what runs (a drain that keeps the worker); called
+        before `start`, the service starts paused. False: the service cannot pause."""
+
+    def resume(self) -> bool:
+        """Take work again after `pause`. False: the service cannot pause."""
+
 
 class CotyledonStyle:
     """Hosts ``cls(worker_id)`` with ``run()`` in a thread, as cotyledon does."""
@@ -271,6 +278,12 @@ class CotyledonStyle:
     def progress(self) -> Progress | None:
         return None  # its run() is opaque: only its worker's heartbeat shows it alive
 
+    def pause(self) -> bool:
+        return False  # cotyledon's services have no such call
+
+    def resume(self) -> bool:
+        return False
+
 
 class LifecycleStyle:
     """Hosts ``factory(context)`` returning an object with start/stop[/wait][/reset]."""
@@ -280,11 +293,14 @@ class LifecycleStyle:
         self._context = context
         self._service: Any = None
         self.can_reset = False
+        self._paused = False
 
     def start(self) -> None:
         self._context.cancel.raise_if_set()
         self._service = self._factory(self._context)
         self.can_reset = callable(getattr(self._service, "reset", None))
+        if self._paused:
+            self._forward("pause")
         self._context.cancel.raise_if_set()
         self._service.start()
 
@@ -311,6 +327,25 @@ class LifecycleStyle:
             return None
         snapshot = progress()
         return snapshot if isinstance(snapshot, Progress) else None
+
+    def pause(self) -> bool:
+        """The service's optional `pause()`; before `start`, it is called once the factory
+        has made the service, before its start."""
+        self._paused = True
+        return self._forward("pause")
+
+    def resume(self) -> bool:
+        self._paused = False
+        return self._forward("resume")
+
+    def _forward(self, name: str) -> bool:
+        if self._service is None:
+            return True  # not made yet: `start` applies the pause
+        method = getattr(self._service, name, None)
+        if not callable(method):
+            return False
+        method()
+        return True
 
 
 def _accepts_one_argument(function: Callable[..., Any]) -> bool:

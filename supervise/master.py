@@ -41,7 +41,8 @@ from supervise import (
     worker,
     worker_policy,
 )
-from supervise.config import Config, ConfigError
+from supervise.config import MAX_WORKERS, Config, ConfigError
+from supervise.control import CommandError, ControlSocket
 from supervise.listener import Listener
 from supervise.progress import Progress
 from supervise.systemd import Notifier
@@ -58,6 +59,12 @@ NOTIFY_RETRY = 1.0
 STALE_HEARTBEATS = 3
 # A hung worker is sent SIGABRT (its stacks go to the log), then SIGKILL this long after.
 HUNG_ABORT_GRACE = 5.0
+
+# The fields of each worker's row in a control-socket status, as `_child_status` makes them.
+WORKER_STATUS = (
+    *("slot", "pid", "generation", "state", "uptime", "rss", "cpu_percent"),
+    *("handled", "in_flight", "oldest_age", "oldest_method", "restarts", "last_exit"),
+)
 
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -193,6 +200,9 @@ class Master:
         if notifier.watchdog_interval:
             self.heartbeat_interval = min(conf.heartbeat_interval, notifier.watchdog_interval / 2)
         self.next_watchdog = time.monotonic() if notifier.watchdog_interval else None
+        self.drained = False  # told to drain: no worker takes work until a resume
+        self.control = ControlSocket.open(conf, service.name, self.selector, self._control)
+        self.listeners.append(self.control.listener)
 
     # ----- the loop ---------------------------------------------------------------------
 
@@ -214,6 +224,7 @@ class Master:
             self._handle_signals()
             self._run_due_timers()
             self._update_status()
+        self.control.close()
         LOG.info("master exiting with status %d", self.exit_code)
         return self.exit_code
 
@@ -313,6 +324,7 @@ class Master:
             preloaded=self.preloaded,
             master_pid=os.getpid(),
             heartbeat_interval=self.heartbeat_interval,
+            paused=self.drained,
         )
         logs.flush()
         gc.freeze()  # keep the inherited heap's pages shared: the child's GC won't touch them
@@ -412,6 +424,8 @@ class Master:
             except (ValueError, KeyError, TypeError) as error:
                 LOG.debug("ignoring the malformed progress of child %d: %s", child.pid, error)
         self._sample(child)
+        if child.progress is not None and child.progress.paused != self.drained:
+            self._tell_drain_state(child)  # it missed the message, or started meanwhile
 
     @staticmethod
     def _sample(child: Child) -> None:
@@ -932,6 +946,99 @@ class Master:
             self.reload_again = False
             self._reload()
 
+    # ----- the control socket -----------------------------------------------------------
+
+    def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one control-socket command; the reply's fields, or CommandError."""
+        command = request["command"]
+        if command == "status":
+            return self._control_status()
+        if command not in ("scale", "reload", "drain", "resume", "stop"):
+            raise CommandError(f"unknown command {command[:40]!r}")
+        fast_stop = command == "stop" and request.get("fast") is True
+        if self.phase is not Phase.RUNNING and not fast_stop:  # a fast stop may end a drain
+            raise CommandError(f"the master is {self.phase.value}")
+        LOG.info("control socket: %s%s", command, " --fast" if fast_stop else "")
+        if command == "scale":
+            return self._control_scale(request.get("workers"))
+        if command == "reload":
+            self._reload()
+        elif command in ("drain", "resume"):
+            self._set_drained(command == "drain")
+        elif fast_stop:
+            self._fast_stop()
+        else:
+            self._begin_stop("stop by the control socket")
+        return {}
+
+    def _control_scale(self, workers: Any) -> dict[str, Any]:
+        most = min(MAX_WORKERS, self.policy.max_workers)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise CommandError('scale needs "workers", a whole number from 1')
+        if workers > most:
+            raise CommandError(f"at most {most} workers: {workers} refused")
+        self._resize(workers)
+        return {"workers": workers}
+
+    def _set_drained(self, drained: bool) -> None:
+        """Every worker, and every one started meanwhile, stops taking work (its calls in
+        flight finish), or takes it again."""
+        self.drained = drained
+        for child in self.children.values():
+            self._tell_drain_state(child)
+
+    def _tell_drain_state(self, child: Child) -> None:
+        with contextlib.suppress(channel.PeerGone):  # it has gone: the loop reaps it
+            channel.send(child.link, "pause" if self.drained else "resume")
+
+    def _control_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        rows = []
+        for slot in self.slots:
+            if slot.worker is None:
+                respawning = {"slot": slot.index, "state": "respawning"}
+                rows.append({**dict.fromkeys(WORKER_STATUS), **respawning})
+            for child in (slot.worker, slot.replacement):
+                if child is not None:
+                    rows.append(self._child_status(child, now))
+        shown = {row["pid"] for row in rows}
+        rows += [self._child_status(c, now) for c in self.children.values() if c.pid not in shown]
+        for row in rows:
+            slot = self.slots[row["slot"]] if row["slot"] < len(self.slots) else None
+            row["restarts"] = slot.restarts if slot else None
+            row["last_exit"] = slot.last_exit if slot else None
+        return {
+            "master_pid": os.getpid(),
+            "service": self.service.name,
+            "generation": self.generation,
+            "phase": self.phase.value,
+            "drained": self.drained,
+            "reloading_to": None if self.reload is None else self.reload.generation,
+            "workers": rows,
+        }
+
+    def _child_status(self, child: Child, now: float) -> dict[str, Any]:
+        progress = child.progress
+        if child.draining:
+            state = "draining"
+        elif not child.ready:
+            state = "starting"
+        else:
+            state = "drained" if progress is not None and progress.paused else "ready"
+        return {
+            "slot": child.slot,
+            "pid": child.pid,
+            "generation": child.generation,
+            "state": state,
+            "uptime": round(now - child.started, 3),
+            "rss": child.rss,
+            "cpu_percent": child.cpu_percent,
+            "handled": None if progress is None else progress.handled,
+            "in_flight": None if progress is None else progress.in_flight,
+            "oldest_age": None if progress is None else progress.oldest_age,
+            "oldest_method": None if progress is None else progress.oldest_method,
+        }
+
     # ----- systemd status ---------------------------------------------------------------
 
     def _update_status(self) -> None:
@@ -943,6 +1050,8 @@ class Master:
         text = f"{ready}/{len(self.slots)} workers ready, generation {self.generation}"
         if self.reload is not None:
             text += f", reloading to generation {self.reload.generation}"
+        if self.drained:
+            text += ", drained"
         if ready == len(self.slots) and self.reload is None and not self.ready_announced:
             sent = self.notifier.ready(text)
             if sent:

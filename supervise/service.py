@@ -109,6 +109,7 @@ class Service:
         self._periodic: DynamicLoopingCall | None = None
         self._host_initialised = False
         self._shutting_down = False
+        self._paused = False
 
     @classmethod
     def create(
@@ -175,6 +176,8 @@ class Service:
             endpoints,
             ServerOptions.from_config(self.conf),
         )
+        if self._paused:
+            self.rpcserver.pause()
         with cancel.calls(self.rpcserver.stop):
             self.rpcserver.start()
         self.manager.post_start_hook()
@@ -248,6 +251,19 @@ class Service:
     def progress(self) -> Progress | None:
         """The RPC server's progress (None before it exists), for the worker's heartbeat."""
         return None if self.rpcserver is None else self.rpcserver.progress()
+
+    def pause(self) -> None:
+        """Stop taking RPC messages (a drain that keeps the worker up); calls in flight
+        finish. Before `start`, the server starts paused. Periodic tasks and the service's
+        heartbeat go on."""
+        self._paused = True
+        if self.rpcserver is not None:
+            self.rpcserver.pause()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self.rpcserver is not None:
+            self.rpcserver.resume()
 
     def wait(self) -> None:
         if self._periodic is not None:

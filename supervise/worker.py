@@ -60,6 +60,7 @@ class WorkerSpec:
     preloaded: Any  # the service's class or factory when the master preloaded it
     master_pid: int
     heartbeat_interval: float
+    paused: bool = False  # the master is drained: the service starts without taking work
 
 
 def run(spec: WorkerSpec, link: socket.socket, inherited: list[Closable]) -> NoReturn:
@@ -196,6 +197,8 @@ class Worker:
         self._failed = False  # a reset failed: exit 1 once drained
         self._crashed = threading.Event()
         self._progress_failed = False  # warned once that the service's progress() fails
+        self._paused = spec.paused  # what the master last asked: drained or not
+        self._pause_applied = spec.paused  # what the service was last told
         self._selector = selectors.DefaultSelector()
         self._fault_log = FaultLog()
         self._reset_after_fork(inherited)
@@ -289,6 +292,9 @@ class Worker:
         for message in messages:
             if message["type"] == "reset":
                 self._on_reset(Config.from_json(message["config"]))
+            elif message["type"] in ("pause", "resume"):
+                self._paused = message["type"] == "pause"
+                self._apply_pause()
         if master_gone:
             self._selector.unregister(self.link)
             self.link.close()
@@ -320,7 +326,28 @@ class Worker:
     def _start_service(self) -> None:
         target = self.spec.preloaded or hosted.load(self.spec.service)
         self.service = hosted.host(target, self.context, on_crash=self._on_crash)
+        if self._pause_applied:
+            self.service.pause()
         self.service.start()
+
+    def _apply_pause(self) -> None:
+        """Tell the service what the master last asked, once it serves (the start applied
+        the state at fork time)."""
+        if not self._serving or self._paused == self._pause_applied:
+            return
+        self._pause_applied = self._paused
+        try:
+            done = self.service.pause() if self._paused else self.service.resume()
+        except Exception as error:  # a hosted service's own pause() or resume() failed
+            LOG.error(
+                "service %s failed to %s: %s",
+                self.spec.service.name,
+                "pause" if self._paused else "resume",
+                error,
+            )
+            return
+        if not done:
+            LOG.warning("service %s cannot pause: it goes on taking work", self.spec.service.name)
 
     def _stop_service(self) -> None:
         if self.service is not None:
@@ -349,6 +376,7 @@ class Worker:
         if error is None and self._stop_reason is None:
             self._serving = True
             self._tell_master("ready", can_reset=self.service.can_reset)
+            self._apply_pause()  # asked while it started
             LOG.info("ready: %s started", name)
         elif self._stop_reason is not None:
             ended = "finished" if error is None else f"ended ({type(error).__name__}: {error})"

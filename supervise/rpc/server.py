@@ -135,6 +135,7 @@ class RPCServer:
         self._in_flight = 0
         self._idle = threading.Condition()
         self._stopping = False
+        self._paused = False
         self._channel: Any = None
         self._connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self._producer: kombu.Producer | None = None
@@ -162,6 +163,19 @@ class RPCServer:
             except Exception as error:
                 LOG.warning("could not cancel the consumers: %s", error)
 
+    def pause(self) -> None:
+        """Stop consuming, as `stop` does, but keep the connection: in-flight handlers finish
+        and are acked, and new messages wait in their queues until `resume`. Any thread; it
+        does not wait for the broker."""
+        self._paused = self._tracker.paused = True
+        self._tracker.forget_probe()
+        self._io.call_soon(self._follow_pause)
+
+    def resume(self) -> None:
+        """Consume again after `pause` (on a connection made meanwhile too)."""
+        self._paused = self._tracker.paused = False
+        self._io.call_soon(self._follow_pause)
+
     def wait(self) -> None:
         """Let in-flight handlers finish, send their replies and acks, delete this server's
         fanout queue, and close. Handlers end whatever the connection does; their replies
@@ -184,7 +198,7 @@ class RPCServer:
         """The counters and in-flight messages, and how long ago the consume loop last ran a
         probe; sends the next probe. Logs each handler that passed `handler_timeout`, once.
         Called from the worker's loop at each heartbeat to the master."""
-        consuming = self._io.connected.is_set() and not self._stopping
+        consuming = self._io.connected.is_set() and not self._stopping and not self._paused
         snapshot = self._tracker.snapshot(consuming)
         if consuming:
             self._io.call_soon(lambda _conn: self._tracker.probe_done())
@@ -244,10 +258,11 @@ class RPCServer:
 
     def _consume(self, conn: kombu.Connection) -> None:
         """On every connection, a channel for replies and acks; and consumers, unless
-        stopping: a drain that outlives a reconnect still sends its replies."""
+        stopping or paused: a drain that outlives a reconnect still sends its replies."""
         self._connection_errors = (*conn.connection_errors, *conn.channel_errors, OSError)
         self._channel = conn.channel()
         self._producer = kombu.Producer(self._channel, auto_declare=False)
+        self._consumers = []  # those of the lost connection are gone with it
         self._tracker.probe_done()  # a new connection: the consume loop turns from here
         if self._stopping:
             return
@@ -255,6 +270,10 @@ class RPCServer:
         # answer, and a wait inside a delivery callback can take another wait's answer.
         _dead_letter_queue(self._channel).declare()
         self._channel.basic_qos(0, self.options.pool_size, False)
+        if not self._paused:
+            self._start_consumers()
+
+    def _start_consumers(self) -> None:
         self._consumers = [
             receive.consumer(
                 self._channel,
@@ -267,6 +286,13 @@ class RPCServer:
         ]
         for consumer in self._consumers:
             consumer.consume()
+
+    def _follow_pause(self, conn: kombu.Connection) -> None:
+        """Consume, or not, as the last `pause` or `resume` says; safe to run again."""
+        if self._paused or self._stopping:
+            self._cancel(conn)
+        elif not self._consumers and self._channel is not None:
+            self._start_consumers()
 
     def _cancel(self, _conn: kombu.Connection) -> None:
         for consumer in self._consumers:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -93,6 +95,11 @@ class Supervisor:
         self.workdir = workdir
         self.notify = NotifyListener()
         self.log_path = workdir / "supervise.log"
+        # A runtime directory of its own (the default, /run/supervise for root, is shared),
+        # short enough for a socket path whatever pytest's temporary directories are called.
+        given = env.get("SUPERVISE_RUNTIME_DIR")
+        self._own_runtime_dir = given is None
+        self.runtime_dir = Path(given or tempfile.mkdtemp(prefix="supervise-run-"))
         # Without pytest's own variable, which some libraries check (eventlet then skips its
         # warning about the locks its monkey-patching could not make green).
         environ = {
@@ -104,7 +111,7 @@ class Supervisor:
             PYTHONPATH=str(ROOT),
             NOTIFY_SOCKET=self.notify.address,
             **{EVENTS_DIR_VARIABLE: str(workdir)},
-            **env,
+            **{**env, "SUPERVISE_RUNTIME_DIR": str(self.runtime_dir)},
         )
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -117,6 +124,17 @@ class Supervisor:
                 start_new_session=True,
             )
         self.pid = self.process.pid
+
+    def control(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a control verb (``status``, ``scale 8``, ...) against this master's runtime
+        directory, as an operator would."""
+        return subprocess.run(
+            [*PYTHON_M_SUPERVISE, *args, "--runtime-dir", str(self.runtime_dir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
 
     def behave(self, name: str, value: str = "") -> None:
         (self.workdir / name).write_text(value)
@@ -189,6 +207,8 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self.notify.close()
+        if self._own_runtime_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def rabbitmqctl(*args: str) -> str:

@@ -253,6 +253,12 @@ class RPCTestService:
     def progress(self) -> Progress:
         return self.server.progress()
 
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
 
 try:
     import cotyledon

@@ -217,3 +217,21 @@ def test_nova_conductor_as_deploy_md_runs_it(host: Host) -> None:
         "Result": "success",
         "ExecMainStatus": "0",
     }
+
+
+def test_the_control_verbs_reach_the_unit_as_root_and_as_its_user(host: Host) -> None:
+    start_echo(host, workers=2)
+    master, workers = host.main_pid("echo"), host.workers("echo")
+    assert host.container.run("stat", "-c", "%U %a", "/run/supervise/echo/echo.sock").stdout == (
+        f"{USER} 600\n"
+    )
+    table = host.container.run(f"{VENV}/bin/supervise", "status", "echo").stdout.splitlines()
+    assert table[0].startswith(f"echo: master {master}, generation 1, running")
+    assert sorted(int(line.split()[1]) for line in table[2:]) == workers
+    status = json.loads(host.as_user(f"{VENV}/bin/supervise", "status", "--json").stdout)
+    assert status["master_pid"] == master and len(status["workers"]) == 2
+    host.as_user(f"{VENV}/bin/supervise", "drain", "echo")
+    host.wait_for_state("echo", {"StatusText": "2/2 workers ready, generation 1, drained"})
+    host.container.run(f"{VENV}/bin/supervise", "resume")
+    host.wait_for_state("echo", {"StatusText": "2/2 workers ready, generation 1"})
+    assert call_pid(host) in workers

@@ -617,4 +617,5 @@ def test_readme_exit_codes_match_exitcodes() -> None:
         exitcodes.USAGE,
         exitcodes.CRASH_LOOP,
         exitcodes.UNCLEAN_STOP,
+        exitcodes.NOT_RUNNING,
     }
