@@ -34,6 +34,7 @@ import setproctitle
 from supervise import cgroup, channel, exitcodes, hosted, leftovers, logs, worker, worker_policy
 from supervise.config import Config, ConfigError
 from supervise.listener import Listener
+from supervise.metrics import Metrics
 from supervise.progress import Progress
 from supervise.systemd import Notifier
 from supervise.wakeup import Wakeup
@@ -97,6 +98,7 @@ class Child:
     process: psutil.Process | None = None  # to sample it; never to wait for it
     rss: int | None = None  # bytes, sampled at each heartbeat
     cpu_percent: float | None = None  # of one CPU, since the sample before
+    cpu_seconds: float | None = None  # user and system, since it started
 
 
 @dataclass(eq=False)
@@ -158,6 +160,9 @@ class Master:
         self.leftovers = leftovers.Leftovers()
         self.selector = selectors.DefaultSelector()
         self.listeners: list[Listener] = []  # the control socket, the metrics endpoint
+        self.metrics = Metrics(cause.value for cause in ExitCause)
+        if conf.metrics_port:  # bound once, at start: a reload does not move it
+            self.listeners.append(self.metrics.listen(conf, self))
         self.wakeup = Wakeup()
         self.heartbeat_interval = conf.heartbeat_interval
         if notifier.watchdog_interval:
@@ -373,12 +378,15 @@ class Master:
 
     def _on_heartbeat(self, child: Child, progress: Any) -> None:
         child.last_heartbeat = time.monotonic()
+        previous, previous_cpu = child.progress, child.cpu_seconds
         if progress is not None:
             try:
                 child.progress = Progress.from_json(progress)
             except (ValueError, KeyError, TypeError) as error:
                 LOG.debug("ignoring the malformed progress of child %d: %s", child.pid, error)
         self._sample(child)
+        self.metrics.add_progress(previous, child.progress)
+        self.metrics.add_cpu(child.slot, previous_cpu, child.cpu_seconds)
 
     @staticmethod
     def _sample(child: Child) -> None:
@@ -389,6 +397,8 @@ class Master:
             with child.process.oneshot():
                 child.rss = child.process.memory_info().rss
                 child.cpu_percent = child.process.cpu_percent(None)
+                times = child.process.cpu_times()
+                child.cpu_seconds = times.user + times.system
         except psutil.Error:  # it has just exited (or become a zombie): the loop reaps it
             pass
 
@@ -423,6 +433,7 @@ class Master:
                 self.leftovers.reaped(pid)  # not a worker: an orphan reparented to the master
                 continue
             if child.link.fileno() >= 0:
+                self._read_last_heartbeat(child)
                 self.selector.unregister(child.link)
                 child.link.close()
             code = os.waitstatus_to_exitcode(status)
@@ -432,9 +443,19 @@ class Master:
         if reaped:
             self.leftovers.sweep(self.children)
 
+    def _read_last_heartbeat(self, child: Child) -> None:
+        """A worker's heartbeat sent as it exited, still unread: what it handled since the one
+        before counts too."""
+        child.process = None  # reaped: its pid may be another process's by now
+        messages, _ = channel.receive(child.link)
+        for message in messages:
+            if message["type"] == "heartbeat":
+                self._on_heartbeat(child, message.get("progress"))
+
     def _log_exit(self, child: Child, code: int) -> None:
         """One line per exit, in oslo's words, with its one cause."""
         cause = self._exit_cause(child, code)
+        self.metrics.count_exit(cause.value)
         text = cause.value
         if cause is ExitCause.CRASH:
             text = f"crash (status {code})"
@@ -629,6 +650,7 @@ class Master:
             new_conf = self.reload_config()
         except ConfigError as error:
             LOG.error("reload failed, keeping the running configuration: %s", error)
+            self.metrics.count_reload(completed=False)
             return
         logging.getLogger().setLevel(new_conf.log_level)
         if new_conf.reload_method == "mutate":
@@ -662,6 +684,8 @@ class Master:
         )
         if replace:
             self._start_rolling_reload(new_conf, replace)
+        else:
+            self.metrics.count_reload(completed=True)
         self._resize(new_conf.workers)
 
     def _start_rolling_reload(self, new_conf: Config, slots: list[int] | None = None) -> None:
@@ -696,6 +720,7 @@ class Master:
         plan, self.reload = self.reload, None
         self.conf, self.generation = plan.conf, plan.generation
         LOG.info("reload: generation %d serves", self.generation)
+        self.metrics.count_reload(completed=True)
         self._resize(self.conf.workers)
         self._reload_queued()
 
@@ -706,6 +731,7 @@ class Master:
             plan.generation,
             reason,
         )
+        self.metrics.count_reload(completed=False)
         for index in plan.starting:
             slot = self.slots[index]
             if slot.replacement is not None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from supervise.hosted import WorkerContext
+from supervise.progress import Progress
 from supervise.rpc.dispatcher import BaseAPI, Target
 from supervise.rpc.server import RPCServer, ServerOptions
 from supervise.services.echo_endpoint import TOPIC, EchoEndpoint
@@ -195,6 +196,9 @@ class RPCTestService:
 
     def wait(self) -> None:
         self.server.wait()
+
+    def progress(self) -> Progress:
+        return self.server.progress()
 
 
 try:
