@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +13,6 @@ from supervise.metrics import Metrics
 from supervise.metrics_endpoint import Endpoint
 from supervise.progress import LATENCY_BUCKETS, MAX_METHODS, OTHER_METHODS, Progress, Tracker
 from supervise.systemd import Notifier
-from tests.functional.conftest import ROOT
 
 
 def heartbeat(tracker: Tracker) -> Progress:
@@ -160,14 +157,3 @@ def test_anything_else_gets_an_error_status(
 def test_head_gets_the_headers_only(master: Master) -> None:
     response = Endpoint(master, master.metrics).answer(b"HEAD /metrics HTTP/1.0", None)
     assert response.startswith(b"HTTP/1.0 200 OK\r\n") and response.endswith(b"\r\n\r\n")
-
-
-def test_a_master_without_metrics_does_not_import_prometheus_client() -> None:
-    code = (
-        "import sys; from supervise import cli, config, hosted, master, systemd; "
-        "conf = config.load({}, []); "
-        "master.Master(conf, hosted.resolve('idle'), lambda: conf, systemd.Notifier()); "
-        "sys.exit('prometheus_client' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=30)
-    assert done.returncode == 0, done.stderr.decode()
