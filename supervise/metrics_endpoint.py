@@ -46,9 +46,12 @@ def listen(conf: Config, master: Master, metrics: Metrics) -> Listener:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             conf.metrics_host, conf.metrics_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-    except (socket.gaierror, UnicodeError) as error:
+    except socket.gaierror as error:
+        raise ConfigError(f"cannot listen for metrics on {address}: {error.strerror}") from None
+    except UnicodeError as error:  # a host name IDNA cannot encode
         raise ConfigError(f"cannot listen for metrics on {address}: {error}") from None
-    sock = socket.socket(family, kind, proto)  # not inheritable: no program a worker runs has it
+    # Not inherited across exec; a forked worker closes it with the master's other listeners.
+    sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart's TIME_WAIT
         sock.bind(sockaddr)
