@@ -44,6 +44,7 @@ from supervise import (
 from supervise.config import MAX_WORKERS, Config, ConfigError
 from supervise.control import CommandError, ControlSocket
 from supervise.listener import Listener
+from supervise.metrics import Metrics
 from supervise.progress import Progress
 from supervise.systemd import Notifier
 from supervise.wakeup import Wakeup
@@ -122,6 +123,7 @@ class Child:
     abort_kill_at: float | None = None  # hung: sent SIGABRT, to be SIGKILLed at this time
     recycle_failures: int = 0  # its recycles whose replacement failed, in a row
     recycle_retry_at: float = 0.0
+    cpu_seconds: float | None = None  # user and system, since it started
 
 
 @dataclass(eq=False)
@@ -195,6 +197,9 @@ class Master:
         self.leftovers = leftovers.Leftovers()
         self.selector = selectors.DefaultSelector()
         self.listeners: list[Listener] = []  # the control socket, the metrics endpoint
+        self.metrics = Metrics(cause.value for cause in ExitCause)
+        if conf.metrics_port:  # bound once, at start: a reload does not move it
+            self.listeners.append(self.metrics.listen(conf, self))
         self.wakeup = Wakeup()
         self.heartbeat_interval = conf.heartbeat_interval
         if notifier.watchdog_interval:
@@ -418,6 +423,7 @@ class Master:
 
     def _on_heartbeat(self, child: Child, progress: Any) -> None:
         child.last_heartbeat = time.monotonic()
+        previous, previous_cpu = child.progress, child.cpu_seconds
         if progress is not None:
             try:
                 child.progress = Progress.from_json(progress)
@@ -426,6 +432,8 @@ class Master:
         self._sample(child)
         if child.progress is not None and child.progress.paused != self.drained:
             self._tell_drain_state(child)  # it missed the message, or started meanwhile
+        self.metrics.add_progress(previous, child.progress)
+        self.metrics.add_cpu(child.slot, previous_cpu, child.cpu_seconds)
 
     @staticmethod
     def _sample(child: Child) -> None:
@@ -440,6 +448,8 @@ class Master:
             with child.process.oneshot():
                 child.rss = child.process.memory_info().rss
                 cpu_percent = child.process.cpu_percent(None)
+                times = child.process.cpu_times()
+                child.cpu_seconds = times.user + times.system
             child.cpu_percent = None if first else cpu_percent  # the first only starts it
         except psutil.Error:  # it has just exited (or become a zombie): the loop reaps it
             pass
@@ -476,6 +486,7 @@ class Master:
                 self.leftovers.reaped(pid)  # not a worker: an orphan reparented to the master
                 continue
             if child.link.fileno() >= 0:
+                self._read_last_heartbeat(child)
                 self.selector.unregister(child.link)
                 child.link.close()
             code = os.waitstatus_to_exitcode(status)
@@ -485,9 +496,19 @@ class Master:
         if reaped:
             self.leftovers.sweep(self.children)
 
+    def _read_last_heartbeat(self, child: Child) -> None:
+        """A worker's heartbeat sent as it exited, still unread: what it handled since the one
+        before counts too."""
+        child.process = None  # reaped: its pid may be another process's by now
+        messages, _ = channel.receive(child.link)
+        for message in messages:
+            if message["type"] == "heartbeat":
+                self._on_heartbeat(child, message.get("progress"))
+
     def _log_exit(self, child: Child, code: int) -> None:
         """One line per exit, in oslo's words, with its one cause."""
         cause = self._exit_cause(child, code)
+        self.metrics.count_exit(cause.value)
         text = cause.value
         if cause is ExitCause.CRASH:
             text = f"crash (status {code})"
@@ -851,6 +872,7 @@ class Master:
             new_conf = self.reload_config()
         except ConfigError as error:
             LOG.error("reload failed, keeping the running configuration: %s", error)
+            self.metrics.count_reload(completed=False)
             return
         logs.change(new_conf.log_level, new_conf.log_format)
         self._abandon_recycle()
@@ -887,6 +909,8 @@ class Master:
         )
         if replace:
             self._start_rolling_reload(new_conf, replace)
+        else:
+            self.metrics.count_reload(completed=True)
         self._resize(new_conf.workers)
 
     def _start_rolling_reload(self, new_conf: Config, slots: list[int] | None = None) -> None:
@@ -921,6 +945,7 @@ class Master:
         plan, self.reload = self.reload, None
         self.conf, self.generation = plan.conf, plan.generation
         LOG.info("reload: generation %d serves", self.generation)
+        self.metrics.count_reload(completed=True)
         self._resize(self.conf.workers)
         self._reload_queued()
 
@@ -931,6 +956,7 @@ class Master:
             plan.generation,
             reason,
         )
+        self.metrics.count_reload(completed=False)
         for index in plan.starting:
             slot = self.slots[index]
             if slot.replacement is not None:

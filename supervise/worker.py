@@ -271,6 +271,7 @@ class Worker:
                 next_heartbeat = now + self.spec.heartbeat_interval
             if self._stop_deadline is not None and now >= self._stop_deadline:
                 self._stop_timed_out()
+        self._send_heartbeat(final=True)  # what it handled since the last one counts too
         return self._exit_code
 
     def _handle_signals(self) -> None:
@@ -300,11 +301,12 @@ class Worker:
             self.link.close()
             self._request_stop("the master has gone")
 
-    def _send_heartbeat(self) -> None:
+    def _send_heartbeat(self, final: bool = False) -> None:
         """The heartbeat carries the service's progress while it serves, so the master sees
-        whether the threads doing the work move on, not only this loop."""
+        whether the threads doing the work move on, not only this loop; the `final` one, as
+        the worker exits, carries its last counters."""
         progress = None
-        if self._serving and self.service is not None:
+        if (self._serving or final) and self.service is not None:
             try:
                 progress = self.service.progress()
             except Exception as error:  # a hosted service's own progress() failed
@@ -319,7 +321,8 @@ class Worker:
         try:
             channel.send(self.link, kind, **fields)
         except channel.PeerGone:
-            self._request_stop("the master has gone")
+            if self._exit_code is None:  # else it is exiting already
+                self._request_stop("the master has gone")
 
     # ----- life-cycle steps ---------------------------------------------------------------
 
