@@ -185,7 +185,6 @@ class Master:
         self.reload: RollingReload | None = None
         self.reload_again = False
         self.recycle: Recycle | None = None  # one at a time, across the master
-        self.drained = False  # `supervise drain`: workers stop consuming; no recycling
         self.stop_began = 0.0
         self.stop_deadline: float | None = None
         self.ready_announced = False
