@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -82,10 +83,14 @@ def test_cpu_seconds_add_up_per_slot_across_its_workers() -> None:
 
 
 @pytest.fixture
-def master() -> Master:
-    """A real master, never run: the state a scrape reads."""
-    conf = config.load({"workers": 2}, [])
-    return Master(conf, hosted.resolve("idle"), lambda: conf, Notifier())
+def master(tmp_path) -> Iterator[Master]:
+    """A real master, never run: the state a scrape reads. Its control socket is in a
+    directory of its own."""
+    conf = config.load({"workers": 2, "runtime_dir": str(tmp_path / "run")}, [])
+    master = Master(conf, hosted.resolve("idle"), lambda: conf, Notifier())
+    yield master
+    for listener in master.listeners:
+        listener.close()
 
 
 def scrape(endpoint: Endpoint, request: bytes = b"GET /metrics HTTP/1.1\r\nHost: x") -> dict:
