@@ -138,9 +138,15 @@ def test_status_shows_each_worker(serve, client):
     sup = serve(2)
     for _ in range(20):
         client.call({}, "sleep", ms=0)
+    # CPU % needs two samples (heartbeats) of a worker; the first only starts the count.
     first = wait_until(
-        lambda: (s := status(sup)) and sum(w["handled"] or 0 for w in s["workers"]) >= 20 and s,
-        what="20 calls handled in the status",
+        lambda: (
+            (s := status(sup))
+            and sum(w["handled"] or 0 for w in s["workers"]) >= 20
+            and all(w["cpu_percent"] is not None for w in s["workers"])
+            and s
+        ),
+        what="20 calls handled and CPU measured in the status",
     )
     assert first["master_pid"] == sup.pid and first["phase"] == "running"
     assert first["drained"] is False and first["reloading_to"] is None
