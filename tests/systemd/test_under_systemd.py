@@ -130,7 +130,7 @@ def test_a_crash_loop_exits_3_and_systemd_restarts_the_unit(host: Host) -> None:
 
 
 def test_the_watchdog_fires_when_the_workers_stop_heartbeating(host: Host) -> None:
-    host.drop_in("echo", "WatchdogSec=2\nRestart=no")
+    host.drop_in("echo", "WatchdogSec=2\nRestart=no\nEnvironment=SUPERVISE_WORKER_TIMEOUT=0")
     start_echo(host, workers=2)
     for pid in host.workers("echo"):
         host.container.run("kill", "-STOP", str(pid))
