@@ -10,6 +10,7 @@ are cumulative since the worker started, so a lost heartbeat loses nothing.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import threading
 import time
@@ -30,14 +31,6 @@ class MethodStats:
     failed: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     sum: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "handled": self.handled,
-            "failed": self.failed,
-            "buckets": self.buckets,
-            "sum": self.sum,
-        }
 
     @classmethod
     def from_json(cls, data: Any) -> MethodStats:
@@ -67,18 +60,7 @@ class Progress:
         return sum(stats.handled for stats in self.methods.values())
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "consumer_age": self.consumer_age,
-            "in_flight": self.in_flight,
-            "pool_size": self.pool_size,
-            "oldest_age": self.oldest_age,
-            "oldest_method": self.oldest_method,
-            "youngest_age": self.youngest_age,
-            "methods": {name: stats.to_json() for name, stats in self.methods.items()},
-            "redelivered": self.redelivered,
-            "dead_lettered": self.dead_lettered,
-            "paused": self.paused,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: Any) -> Progress:

@@ -310,22 +310,30 @@ def supervise(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
 RPC_SERVICE = "tests.functional.services:RPCTestService"
 
 
+def start_rpc_workers(
+    supervise, transport_url: str, topic: str, workers: int, *args: str, host: str, env=None
+):
+    """`workers` RPC test workers on `topic`, ready; returns the Supervisor."""
+    sup = supervise(
+        RPC_SERVICE,
+        "--workers", str(workers),
+        "--transport-url", transport_url,
+        "--topic", topic,
+        "--host", host,
+        "--heartbeat-interval", "0.5",
+        *args,
+        env=env,
+    )  # fmt: skip
+    sup.wait_ready(workers)
+    return sup
+
+
 @pytest.fixture
 def serve(supervise, transport_url, topic):
     """Start `workers` RPC test workers on the test's topic; returns the Supervisor."""
 
     def start(workers: int = 2, *args: str, host: str = "hosta"):
-        sup = supervise(
-            RPC_SERVICE,
-            "--workers", str(workers),
-            "--transport-url", transport_url,
-            "--topic", topic,
-            "--host", host,
-            "--heartbeat-interval", "0.5",
-            *args,
-        )  # fmt: skip
-        sup.wait_ready(workers)
-        return sup
+        return start_rpc_workers(supervise, transport_url, topic, workers, *args, host=host)
 
     return start
 

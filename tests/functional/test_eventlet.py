@@ -14,7 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from supervise.db import Database
 from supervise.rpc.client import RPCClient
 from supervise.rpc.dispatcher import Target
-from tests.functional.conftest import ROOT, RPC_SERVICE, each_transport, wait_until
+from tests.functional.conftest import (
+    ROOT,
+    RPC_SERVICE,
+    each_transport,
+    start_rpc_workers,
+    wait_until,
+)
 from tests.functional.load import Load
 from tests.functional.test_rpc_reliability import reload_under_load
 
@@ -30,19 +36,9 @@ def runs_green(pid: int) -> bool:
 
 
 def serve_green(supervise, transport_url, topic, workers=1, *args, env=None, host="hosta"):
-    sup = supervise(
-        RPC_SERVICE,
-        "--workers", str(workers),
-        "--transport-url", transport_url,
-        "--topic", topic,
-        "--host", host,
-        "--heartbeat-interval", "0.5",
-        *GREEN,
-        *args,
-        env=env,
-    )  # fmt: skip
-    sup.wait_ready(workers)
-    return sup
+    return start_rpc_workers(
+        supervise, transport_url, topic, workers, *GREEN, *args, host=host, env=env
+    )
 
 
 def problems(log: str) -> list[str]:
