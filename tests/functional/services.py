@@ -42,15 +42,17 @@ def record(event: str, slot: int, generation: int) -> None:
 
 def claim(name: str) -> bool:
     """Whether this process holds the claim file `name`: the first process to ask takes it."""
+    # The pid is written first and the claim made by linking it into place, so no reader
+    # (another thread of this process included) ever sees the claim file still empty.
     path = _events_dir() / name
+    draft = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}")
+    draft.write_text(str(os.getpid()))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(draft, path)
     except FileExistsError:
         return path.read_text() == str(os.getpid())
-    try:
-        os.write(fd, str(os.getpid()).encode())
     finally:
-        os.close(fd)
+        draft.unlink()
     return True
 
 
