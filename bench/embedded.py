@@ -45,7 +45,7 @@ from pathlib import Path
 
 import kombu
 import psutil
-from sessions import kill_session
+from sessions import kill_session, start
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,19 +114,6 @@ def run_peer(argv: list[str]) -> int:
 
 
 # ----- process handling ---------------------------------------------------------------------
-
-
-def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        )
 
 
 def kill_group(process: subprocess.Popen) -> None:

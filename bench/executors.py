@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import socket
 import statistics
@@ -35,7 +34,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from sessions import cpu_of_session, kill_session
+from sessions import cpu_of_session, kill_session, start
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,17 +58,9 @@ def serve(executor: str, args: argparse.Namespace, workdir: Path) -> Iterator[tu
     notify.settimeout(READY_TIMEOUT)
     argv = [sys.executable, "-m", "supervise", "--workers", str(args.workers)]
     argv += ["--executor", executor, "--transport-url", url, "--state-dir", str(workdir)]
-    argv += ["--executor-thread-pool-size", str(args.callers), "--topic", topic, "echo"]
-    with open(workdir / "supervise.log", "ab") as log:
-        master = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": "@" + address},
-        )
+    argv += ["--executor-thread-pool-size", str(args.callers), "--topic", topic]
+    argv += ["--runtime-dir", str(workdir / "run"), "echo"]  # not the shared default
+    master = start(argv, workdir / "supervise.log", {"NOTIFY_SOCKET": "@" + address})
     try:
         while b"READY=1" not in notify.recv(4096):
             pass

@@ -7,9 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def live_in_session(sid: int) -> list[psutil.Process]:
@@ -44,3 +48,18 @@ def kill_session(sid: int, timeout: float = 10.0) -> bool:
                 os.kill(process.pid, signal.SIGKILL)
         time.sleep(0.01)
     return True
+
+
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Run `argv` from the project root, in a session of its own, its output appended to
+    `log`."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
