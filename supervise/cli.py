@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+import supervise
 from supervise import (
     config,
     control_client,
@@ -222,17 +223,8 @@ class _VersionAction(argparse.Action):
     """argparse's "version" action, with the version read only when it is asked for."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> NoReturn:
-        print(f"{parser.prog} {_version()}")
+        print(f"{parser.prog} {supervise.version()}")
         parser.exit()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("supervise")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _with_implied_run(argv: Sequence[str]) -> list[str]:

@@ -9,7 +9,6 @@ Imported only when `metrics_port` is set, so that prometheus_client costs nothin
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
+import supervise
 from supervise.config import ConfigError
 from supervise.listener import Listener
 from supervise.metrics import Metrics
@@ -122,7 +122,7 @@ class Collector:
     def __init__(self, master: Master, metrics: Metrics):
         self.master = master
         self.metrics = metrics
-        self.version = _version()
+        self.version = supervise.version()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._service()
@@ -259,10 +259,3 @@ def _labelled(
 def _serving(slot: Slot) -> Child | None:
     """The worker a slot's gauges describe: its ready one, else the one starting."""
     return slot.worker or slot.replacement
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("supervise")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
