@@ -171,7 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(rounds)} rounds: median [min-max]")
         for name in sorted(rounds[0]):
             print(f"  {name:<44}{_spread([r[name] for r in rounds if name in r])}")
+    print(f"\neventlet / threading, each ratio within its round{_over(rounds)}")
+    for name in sorted(rounds[0]):
+        executor, _, figure = name.partition(" ")
+        if executor != "eventlet" or figure.endswith("failed"):
+            continue
+        ratios = [
+            r[name] / r[f"threading {figure}"] for r in rounds if r.get(f"threading {figure}")
+        ]
+        if ratios:
+            print(f"  {figure:<44}{_spread(ratios)}")
     return 0
+
+
+def _over(rounds: list[dict[str, float]]) -> str:
+    return f": median [min-max] of {len(rounds)}" if len(rounds) > 1 else ""
 
 
 if __name__ == "__main__":
