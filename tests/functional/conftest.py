@@ -25,6 +25,7 @@ from typing import TypeVar
 import psutil
 import pytest
 
+from supervise import control_client
 from supervise.rpc.client import Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
 from supervise.rpc.transport_url import local_transport_url
@@ -135,6 +136,16 @@ class Supervisor:
             timeout=timeout,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
+
+    def status(self) -> dict:
+        """The master's status reply, asked on its control socket (the one in its runtime
+        directory)."""
+        (path,) = self.runtime_dir.glob("*.sock")
+        return control_client.ask(str(path), {"command": "status"}, 10)
+
+    def in_flight(self) -> int:
+        """Calls in flight in its workers, as of their last heartbeats."""
+        return sum(w["in_flight"] or 0 for w in self.status()["workers"])
 
     def behave(self, name: str, value: str = "") -> None:
         (self.workdir / name).write_text(value)

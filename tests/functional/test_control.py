@@ -35,10 +35,6 @@ def ask(path: Path, request: dict, timeout: float = 10) -> dict:
     return control_client.ask(str(path), request, timeout)
 
 
-def status(sup) -> dict:
-    return ask(control_socket(sup), {"command": "status"})
-
-
 def control_socket(sup) -> Path:
     (path,) = sup.runtime_dir.glob("*.sock")
     return path
@@ -72,12 +68,12 @@ def test_scale_4_8_2_by_the_control_socket_and_by_ttin_ttou(supervise):
         assert one_line(done.stdout) == f"{RECORDER}: scaling to {count} workers"
         wait_until(lambda c=count: len(sup.worker_pids()) == c, 20, f"{count} workers")
     for target, signum in ((8, signal.SIGTTIN), (2, signal.SIGTTOU)):
-        while (count := len(status(sup)["workers"])) != target:
+        while (count := len(sup.status()["workers"])) != target:
             sup.signal(signum)
             step = count + (1 if signum == signal.SIGTTIN else -1)
-            wait_until(lambda s=step: len(status(sup)["workers"]) == s, 20, f"{step} slots")
+            wait_until(lambda s=step: len(sup.status()["workers"]) == s, 20, f"{step} slots")
         wait_until(lambda t=target: len(sup.worker_pids()) == t, 20, f"{target} workers")
-    assert {w["pid"] for w in status(sup)["workers"]} == sup.worker_pids()
+    assert {w["pid"] for w in sup.status()["workers"]} == sup.worker_pids()
 
 
 def test_scale_past_the_limits_is_refused_and_changes_nothing(supervise):
@@ -91,7 +87,7 @@ def test_scale_past_the_limits_is_refused_and_changes_nothing(supervise):
         done = sup.control("scale", count)
         assert done.returncode == code, done
         assert error in one_line(done.stderr)
-    assert sup.worker_pids() == pids and len(status(sup)["workers"]) == 2
+    assert sup.worker_pids() == pids and len(sup.status()["workers"]) == 2
 
 
 @each_transport
@@ -104,29 +100,29 @@ def test_drain_then_resume_under_load(serve, client):
         assert done.returncode == 0, done.stderr
         wait_until(
             lambda: all(
-                w["state"] == "drained" and w["in_flight"] == 0 for w in status(sup)["workers"]
+                w["state"] == "drained" and w["in_flight"] == 0 for w in sup.status()["workers"]
             ),
             what="every worker drained, nothing in flight",
         )
         assert "drained" in sup.notify.with_key("STATUS")[-1][1]["STATUS"]
         # A worker started while drained does not consume either.
         assert sup.control("scale", "3").returncode == 0
-        wait_until(lambda: len(status(sup)["workers"]) == 3, what="a third slot")
+        wait_until(lambda: len(sup.status()["workers"]) == 3, what="a third slot")
         wait_until(
-            lambda: all(w["state"] == "drained" for w in status(sup)["workers"]),
+            lambda: all(w["state"] == "drained" for w in sup.status()["workers"]),
             20,
             "the new worker ready and drained",
         )
         answered = load.succeeded
         time.sleep(1.0)  # a window in which nothing may be answered
         assert load.succeeded == answered, "a drained master answered calls"
-        assert sum(w["handled"] or 0 for w in status(sup)["workers"]) >= answered
+        assert sum(w["handled"] or 0 for w in sup.status()["workers"]) >= answered
         assert sup.control("resume").returncode == 0
         load.wait_for_calls(8 + 40)  # the 8 calls that waited, then more
     assert load.failures == []
 
     def all_ready() -> list[dict] | None:
-        workers = status(sup)["workers"]
+        workers = sup.status()["workers"]
         return workers if all(w["state"] == "ready" for w in workers) else None
 
     workers = wait_until(all_ready, what="every worker ready again at its next heartbeat")
@@ -141,7 +137,7 @@ def test_status_shows_each_worker(serve, client):
     # CPU % needs two samples (heartbeats) of a worker; the first only starts the count.
     first = wait_until(
         lambda: (
-            (s := status(sup))
+            (s := sup.status())
             and sum(w["handled"] or 0 for w in s["workers"]) >= 20
             and all(w["cpu_percent"] is not None for w in s["workers"])
             and s
@@ -159,7 +155,7 @@ def test_status_shows_each_worker(serve, client):
     os.kill(victim["pid"], signal.SIGKILL)
 
     def replacement() -> dict | None:
-        row = next(w for w in status(sup)["workers"] if w["slot"] == victim["slot"])
+        row = next(w for w in sup.status()["workers"] if w["slot"] == victim["slot"])
         return row if row["state"] == "ready" and row["pid"] != victim["pid"] else None
 
     row = wait_until(replacement, 20, "the slot's replacement")
@@ -215,7 +211,7 @@ def test_another_user_is_refused_and_logged_once(supervise):
     wait_until(lambda: "refused a control connection from uid 65534" in sup.log(), what="log")
     assert sup.log().count("refused a control connection") == 1  # rate-limited
     os.chmod(path, 0o600)
-    assert status(sup)["phase"] == "running"
+    assert sup.status()["phase"] == "running"
 
 
 def test_the_client_refuses_a_socket_with_wrong_permissions(supervise):
@@ -256,7 +252,7 @@ def test_bad_requests_leave_the_master_serving(supervise):
         client.sendall(b'{"command": ')  # and never the rest
         silent.append(client)
     started = time.monotonic()
-    assert status(sup)["phase"] == "running"
+    assert sup.status()["phase"] == "running"
     assert time.monotonic() - started < 1
     for client in silent:
         client.close()
@@ -313,7 +309,7 @@ def test_a_live_socket_is_refused_and_a_stale_one_replaced(supervise):
     assert control_socket(first).exists()  # left behind
     after = supervise(RECORDER, "--workers", "1", env=shared)
     after.wait_ready(1)
-    assert status(after)["master_pid"] == after.pid
+    assert after.status()["master_pid"] == after.pid
     assert "replacing the stale control socket" in after.log()
     after.signal(signal.SIGTERM)
     assert after.wait_exit() == 0
@@ -342,10 +338,10 @@ def test_reload_then_stop_then_stop_fast(supervise):
     sup = supervise(RECORDER, "--workers", "2", behaviours={"hang-stop": ""})
     sup.wait_ready(2)
     assert one_line(sup.control("reload").stdout) == f"{RECORDER}: reloading"
-    wait_until(lambda: status(sup)["generation"] == 2, 20, "generation 2")
+    wait_until(lambda: sup.status()["generation"] == 2, 20, "generation 2")
     done = sup.control("stop")
     assert done.returncode == 0 and one_line(done.stdout) == f"{RECORDER}: stopping"
-    wait_until(lambda: status(sup)["phase"] == "stopping", what="the master stopping")
+    wait_until(lambda: sup.status()["phase"] == "stopping", what="the master stopping")
     again = sup.control("scale", "3")  # while its workers hang in their stop
     assert again.returncode == exitcodes.FAILED
     assert one_line(again.stderr).endswith("the master is stopping")

@@ -71,7 +71,8 @@ def test_64_green_handlers_sleeping_2_s_take_2_s_and_the_worker_stays_responsive
     with ThreadPoolExecutor(64) as callers:
         began = time.monotonic()
         sleeps = [callers.submit(client.call, {}, "green_sleep", ms=2000) for _ in range(64)]
-        time.sleep(0.5)  # let the 64 calls reach the worker before the echo calls are timed
+        # The echo calls are timed once the 64 sleeps are in the worker.
+        wait_until(lambda: sup.in_flight() == 64, 10, "64 calls in flight")
         pings = len(sup.notify.with_key("WATCHDOG"))
         echoes = []
         for _ in range(5):

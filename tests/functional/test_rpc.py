@@ -63,14 +63,18 @@ def test_remote_error_carries_class_message_and_traceback(serve, client):
 
 @each_transport
 def test_killed_worker_calls_are_answered_by_another(serve, client):
-    sup = serve(2)
+    sup = serve(2, "--heartbeat-interval", "0.1")
     victim = client.call({}, "pid")
+
+    def victim_in_flight() -> int:
+        return sum(w["in_flight"] or 0 for w in sup.status()["workers"] if w["pid"] == victim)
+
     with ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(client.call, {}, "sleep", ms=400) for _ in range(16)]
-        time.sleep(0.1)  # let the calls reach the workers
+        futures = [pool.submit(client.call, {}, "sleep", ms=1500) for _ in range(16)]
+        wait_until(victim_in_flight, 10, "calls in flight in the victim")
         os.kill(victim, signal.SIGKILL)
         results = [f.result(timeout=30) for f in futures]
-    assert results == [400] * 16
+    assert results == [1500] * 16
     assert f"Child {victim} killed by signal 9" in sup.log()
 
 
