@@ -54,10 +54,12 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    """One cluster in a temp dir, listening on 127.0.0.1:`port` and a socket in the dir."""
+    """One cluster in a temp dir, listening on 127.0.0.1:`port` (and `listen_addresses`, for
+    clients in other network namespaces: see `allow`) and a socket in the dir."""
 
-    def __init__(self, bindir: str):
+    def __init__(self, bindir: str, listen_addresses: tuple[str, ...] = ("127.0.0.1",)):
         self.bindir = bindir
+        self.listen_addresses = listen_addresses
         self.port = free_port()
         self.workdir = tempfile.mkdtemp(prefix="supervise-pg-")
         self.datadir = os.path.join(self.workdir, "data")
@@ -102,10 +104,17 @@ class PostgresServer:
             "--no-sync",
         )
 
+    def allow(self, network: str, user: str) -> None:
+        """Let `user` log in from `network` (a CIDR) with its password (initdb's own rules
+        trust loopback only); before `start`."""
+        with open(os.path.join(self.datadir, "pg_hba.conf"), "a", encoding="utf-8") as rules:
+            rules.write(f"host all {user} {network} scram-sha-256\n")
+
     def start(self, timeout: float = 30.0) -> None:
         """Start (or restart after `stop`) on the same port; returns once it accepts."""
+        listen = ",".join(self.listen_addresses)
         options = (
-            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
+            f"-p {self.port} -k {self.workdir} -c listen_addresses={listen} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200 -c timezone=UTC"
         )
@@ -150,11 +159,14 @@ class PostgresServer:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as connection:
             connection.execute(sql)  # type: ignore[arg-type]
 
-    def create_database(self, name: str | None = None) -> str:
+    def create_database(self, name: str | None = None, owner: str = SUPERUSER) -> str:
         """Create an empty database; its URL."""
         name = name or f"test_{uuid.uuid4().hex[:12]}"
-        self._admin(f'CREATE DATABASE "{name}"')
+        self._admin(f'CREATE DATABASE "{name}" OWNER "{owner}"')
         return self.url(name)
+
+    def create_user(self, name: str, password: str) -> None:
+        self._admin(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
 
     def drop_database(self, name: str) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -168,9 +180,9 @@ class PostgresServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    # CI installs both (.ci/run): there a missing one fails the run instead of skipping.
+def required_bindir() -> str:
+    """`find_bindir()`, with psycopg importable; else the test is skipped, or under CI=true
+    (.ci/run installs both) failed."""
     missing = pytest.fail if os.environ.get("CI") else pytest.skip
     bindir = find_bindir()
     if bindir is None:
@@ -181,7 +193,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         import psycopg  # noqa: F401
     except ImportError:
         missing("psycopg is not installed: pip install 'supervise[postgres]'")
-    server = PostgresServer(bindir)
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer(required_bindir())
     try:
         server.init()
         server.start()

@@ -92,6 +92,17 @@ class RabbitNode:
     def url(self) -> str:
         return f"rabbit://guest:guest@localhost:{self.port}/"
 
+    def add_vhost(self, vhost: str, user: str, password: str) -> None:
+        """A virtual host and a user with every right on it: guest may log in from loopback
+        only, this user from any address the node listens on (all of them)."""
+        self._run("ctl", "add_vhost", vhost)
+        self._run("ctl", "add_user", user, password)
+        self._run("ctl", "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+    def delete_vhost(self, vhost: str, user: str) -> None:
+        self._run("ctl", "delete_user", user)
+        self._run("ctl", "delete_vhost", vhost)
+
     def destroy(self) -> None:
         try:
             self._run("stop")

@@ -30,6 +30,7 @@ from supervise.rpc.client import Messenger, RPCClient
 from supervise.rpc.dispatcher import Target
 from supervise.rpc.transport_url import local_transport_url
 from tests.functional.services import EVENTS_DIR_VARIABLE
+from tests.netns import Host
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -57,12 +58,17 @@ class Event:
 
 
 class NotifyListener:
-    """A real AF_UNIX datagram socket in the abstract namespace, as systemd's would be."""
+    """A real AF_UNIX datagram socket in the abstract namespace, as systemd's would be, or
+    at `path` (an abstract name belongs to one network namespace, a path to none)."""
 
-    def __init__(self) -> None:
-        self.address = f"@supervise-test-{uuid.uuid4().hex}"
+    def __init__(self, path: Path | None = None) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + self.address[1:])
+        if path is None:
+            self.address = f"@supervise-test-{uuid.uuid4().hex}"
+            self.sock.bind("\0" + self.address[1:])
+        else:
+            self.address = str(path)
+            self.sock.bind(self.address)
         self.sock.setblocking(False)
         self.messages: list[tuple[float, dict[str, str]]] = []
 
@@ -79,6 +85,8 @@ class NotifyListener:
 
     def close(self) -> None:
         self.sock.close()
+        if not self.address.startswith("@"):
+            Path(self.address).unlink(missing_ok=True)
 
 
 PYTHON_M_SUPERVISE = (sys.executable, "-m", "supervise")
@@ -92,15 +100,21 @@ class Supervisor:
         args: list[str],
         env: dict[str, str],
         program: tuple[str, ...] = PYTHON_M_SUPERVISE,
+        host: Host | None = None,
     ):
+        """`host`: run the master in that host's network namespace (tests/netns.py)."""
         self.workdir = workdir
-        self.notify = NotifyListener()
         self.log_path = workdir / "supervise.log"
         # A runtime directory of its own (the default, /run/supervise for root, is shared),
         # short enough for a socket path whatever pytest's temporary directories are called.
         given = env.get("SUPERVISE_RUNTIME_DIR")
         self._own_runtime_dir = given is None
         self.runtime_dir = Path(given or tempfile.mkdtemp(prefix="supervise-run-"))
+        if host is None:
+            self.notify = NotifyListener()
+        else:
+            self.notify = NotifyListener(self.runtime_dir / f"notify-{uuid.uuid4().hex[:8]}")
+            program = host.exec(*program)
         # Without pytest's own variable, which some libraries check (eventlet then skips its
         # warning about the locks its monkey-patching could not make green).
         environ = {

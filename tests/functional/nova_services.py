@@ -3,6 +3,7 @@ which would slow down every worker of the lighter test services)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from supervise.manager import Manager
@@ -12,7 +13,7 @@ from supervise.service import Service
 from supervise.services.compute import ComputeManager
 from supervise.services.conductor_api import ConductorAPI
 from supervise.services.versions import OLDEST_SUPPORTED_COMPUTE_VERSION
-from tests.functional.services import behaviour, record
+from tests.functional.services import behaviour, handle, record, take
 
 
 class HookRecorder(Manager):
@@ -82,4 +83,30 @@ def old_compute(context):
         worker_id=context.worker_id,
         cancel=context.cancel,
         db=ConductorAPI(context.conf),
+    )
+
+
+class WhereManager(Manager):
+    """Says which host and worker answered: for the tests of several hosts."""
+
+    target = Target(version="1.0")
+
+    def __init__(self, host=None, **kwargs):
+        super().__init__(host=host, service_name="where", **kwargs)
+
+    def where(self, context: dict, id: str, ms: float = 0) -> dict:
+        """`take` and `handle` the id, then name this host and process."""
+        take(id)
+        handle(id, ms)
+        return {"host": self.host, "pid": os.getpid()}
+
+
+def where_service(context):
+    return Service.create(
+        binary="where",
+        topic=context.conf.topic,
+        manager=WhereManager,
+        conf=context.conf,
+        worker_id=context.worker_id,
+        cancel=context.cancel,
     )

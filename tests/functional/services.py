@@ -56,6 +56,17 @@ def claim(name: str) -> bool:
     return True
 
 
+def take(id: str) -> None:
+    """Note that this process took the message with this id: its `handle` may never end."""
+    _append("taken", id)
+
+
+def handle(id: str, ms: float) -> None:
+    """Handle a message with a unique id, in `ms`: append it to the ``handled`` file."""
+    time.sleep(ms / 1000)
+    _append("handled", id)
+
+
 def behaviour(name: str) -> str | None:
     path = _events_dir() / name
     return path.read_text().strip() if path.exists() else None
@@ -195,9 +206,7 @@ class TestEndpoint(EchoEndpoint):
         return ms
 
     def record(self, context: dict, id: str, ms: float = 0) -> str:
-        """Handle a message with a unique id: append it to the ``handled`` file."""
-        time.sleep(ms / 1000)
-        _append("handled", id)
+        handle(id, ms)
         return id
 
     def hang(self, context: dict, id: str) -> str:
