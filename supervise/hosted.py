@@ -1,7 +1,9 @@
 """What a worker runs: find the service an operator named, and host it behind one interface.
 
-Two kinds of service are hosted:
+Three kinds of service are hosted:
 
+* a subclass of oslo.service's ``ServiceBase``, built with no arguments and driven as oslo's
+  ProcessLauncher drives it (supervise/oslo_hosting.py);
 * a cotyledon-style class, ``cls(worker_id)`` with ``run()`` (called in a thread; when it
   returns the worker keeps serving until told to stop) and optional ``terminate()`` and
   ``reload()``. Subclasses of ``cotyledon.Service`` are of this kind;
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from typing import Any, Protocol
 
+from supervise import oslo_hosting
 from supervise.config import Config
 from supervise.progress import Progress
 
@@ -200,6 +203,7 @@ def _find_spec(name: str, search_path: list[str] | None) -> ModuleSpec | None:
 
 def load(ref: ServiceRef) -> Any:
     """Import the service. Any failure becomes one ServiceNotFound line."""
+    oslo_hosting.prefer_supervise_backend()  # before the service's imports choose oslo's
     try:
         target: Any = importlib.import_module(ref.module)
     except Exception as error:
@@ -357,6 +361,8 @@ def _accepts_one_argument(function: Callable[..., Any]) -> bool:
 
 
 def host(target: Any, context: WorkerContext, on_crash: Callable[[], None]) -> Hosted:
+    if oslo_hosting.is_oslo_service(target):
+        return oslo_hosting.OsloStyle(target, context)
     if inspect.isclass(target) and callable(getattr(target, "run", None)):
         return CotyledonStyle(target, context, on_crash)
     return LifecycleStyle(target, context)

@@ -11,8 +11,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
-from supervise.rpc.client import RPCClient
+
+class Client(Protocol):
+    """A supervise `RPCClient` or a stock oslo.messaging one: they call alike."""
+
+    def call(self, ctxt: dict, method: str, **kwargs: Any) -> Any: ...
+
+    def cast(self, ctxt: dict, method: str, **kwargs: Any) -> None: ...
 
 
 @dataclass
@@ -22,12 +29,12 @@ class Load:
     its ``handled`` file; `casters` threads cast such ids too. With ``call``, each call is
     ``call(client)``, which raises if the outcome is wrong."""
 
-    client: RPCClient
+    client: Client
     callers: int = 8
     ms: int = 20
     recorded: bool = False
     casters: int = 0
-    call: Callable[[RPCClient], None] | None = None
+    call: Callable[[Client], None] | None = None
     succeeded: int = 0
     failures: list[str] = field(default_factory=list)
     called_ids: list[str] = field(default_factory=list)

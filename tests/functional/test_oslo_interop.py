@@ -3,9 +3,7 @@
 A. A stock oslo.messaging ``RPCClient`` calls supervise workers (``serve``).
 B. Our `RPCClient` calls a stock oslo.messaging RPC server running in this process.
 
-oslo's transports are built on a private ``ConfigOpts`` (never the global ``cfg.CONF``);
-oslo's RPC dispatcher still registers its own few options on ``cfg.CONF``, which we
-cannot prevent.
+oslo's transports are built on a private ``ConfigOpts`` (tests/functional/oslo_clients.py).
 """
 
 from __future__ import annotations
@@ -18,9 +16,6 @@ from collections.abc import Callable, Iterator
 
 import oslo_messaging
 import pytest
-from oslo_config import cfg
-from oslo_messaging._metrics import client as oslo_metrics
-from oslo_messaging._tracing import client as oslo_tracing
 from oslo_messaging.rpc.dispatcher import DefaultRPCAccessPolicy
 
 from supervise.rpc import wire
@@ -29,27 +24,6 @@ from supervise.rpc.dispatcher import Target
 from tests.functional.conftest import wait_until
 
 # ----- oslo.messaging fixtures -------------------------------------------------------------
-
-
-def oslo_conf() -> cfg.ConfigOpts:
-    """A private oslo.config for oslo.messaging's transports."""
-    conf = cfg.ConfigOpts()
-    # oslo.messaging 18 registers its tracing and metrics options on the global cfg.CONF
-    # only, yet reads them from the transport's conf (as its own ConfFixture knows).
-    conf.register_opts(oslo_tracing.oslo_messaging_tracing, group="oslo_messaging_tracing")
-    conf.register_opts(oslo_metrics.oslo_messaging_metrics, group="oslo_messaging_metrics")
-    conf(args=[], project="supervise-oslo-interop", default_config_files=[])
-    return conf
-
-
-@pytest.fixture
-def oslo_transport(rabbit_url: str) -> Iterator[oslo_messaging.Transport]:
-    """An oslo.messaging RPC transport on the test session's vhost, on a private conf."""
-    transport = oslo_messaging.get_rpc_transport(oslo_conf(), url=rabbit_url)
-    try:
-        yield transport
-    finally:
-        transport.cleanup()
 
 
 @pytest.fixture
