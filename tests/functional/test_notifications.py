@@ -23,8 +23,8 @@ from supervise.db import Database
 from supervise.rpc import local_scheme  # noqa: F401  (registers the local:// scheme)
 from supervise.rpc.transport_url import kombu_urls
 from tests.functional.conftest import each_transport, rabbitmqctl, wait_until
+from tests.functional.oslo_clients import oslo_conf
 from tests.functional.test_cli import clean_env, supervise
-from tests.functional.test_oslo_interop import oslo_conf
 
 HOST, BINARY = "hosta", "nova-compute"
 # nova's ServiceStatusPayload 1.1
